@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     max_resident_adapters: int = Field(8, ge=1, le=1024)
     max_lora_rank: int = Field(64, ge=1, le=256)
     max_new_tokens: int = Field(512, ge=1)
-    torch_threads: int | None = Field(None, ge=1)
 
     # Registry polling: how fast every server notices a newly published version.
     version_poll_seconds: float = Field(1.0, gt=0)

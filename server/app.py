@@ -1,0 +1,122 @@
+"""The app factory and its lifespan, which owns the database, the engine and the embedded worker.
+
+Start-up order: migrations (fast, before serving), then the HTTP server answers at once while the
+base model is prepared and the engine starts in the background (`/readyz` says when it is ready;
+`/memorize` works from the first moment). The embedded trainer runs as a thread of this process
+unless LORAMEM_EMBEDDED_WORKER=false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+
+from server.base_model import resolve_base_model
+from server.config import Settings
+from server.dependencies import require_admin_key, require_api_key
+from server.engines import Engine, create_engine
+from server.errors import install_error_handlers
+from server.registry.db import Database
+from server.registry.migrate import upgrade
+from server.routers import admin, generate, health, jobs, memorize
+from server.routing import AdapterRouter
+from server.schemas import ErrorResponse
+from server.services.generation import GenerationService
+from server.services.memory import MemoryService
+
+log = logging.getLogger("loramem.server")
+
+EngineFactory = Callable[[Settings, Path], Engine]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    memory: MemoryService
+    engine: Engine | None = None
+    router: AdapterRouter | None = None
+    generation: GenerationService | None = None
+    startup_error: str | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
+    try:
+        model_path = await asyncio.to_thread(resolve_base_model, state.settings)
+        engine = engine_factory(state.settings, model_path)
+        await engine.start()
+    except Exception as error:
+        state.startup_error = type(error).__name__
+        log.exception("the engine failed to start")
+        return
+    state.engine = engine
+    state.router = AdapterRouter(state.settings, state.db, engine)
+    await state.router.refresh()
+    state.generation = GenerationService(state.settings, engine, state.router)
+    log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
+    await state.router.watch(state.settings.version_poll_seconds)
+
+
+def create_app(
+    settings: Settings | None = None, engine_factory: EngineFactory = create_engine
+) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(upgrade, settings.resolved_database_url)
+        db = Database(settings.resolved_database_url)
+        state = AppState(settings, db, MemoryService(settings, db))
+        app.state.loramem = state
+        state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
+        worker: tuple[threading.Thread, threading.Event] | None = None
+        if settings.embedded_worker:
+            from trainer_worker.worker import start_embedded
+
+            worker = start_embedded(settings, db)
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker[1].set()
+            for task in state.tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if state.engine is not None:
+                await state.engine.shutdown()
+            if worker is not None:
+                await asyncio.to_thread(worker[0].join, 30)
+            db.dispose()
+
+    app = FastAPI(
+        title="loramem",
+        summary="An inference server whose long-term memory is a set of LoRA adapters.",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses={
+            400: {"model": ErrorResponse},
+            401: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            409: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    user = [Depends(require_api_key)]
+    app.include_router(memorize.router, dependencies=user)
+    app.include_router(jobs.router, dependencies=user)
+    app.include_router(generate.router, dependencies=user)
+    app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
+    return app

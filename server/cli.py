@@ -1,0 +1,69 @@
+"""The `loramem` command: serve, worker, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from server.config import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("loramem.server").warning(
+            "serving on %s without LORAMEM_API_KEY: anyone who can reach it can use it", host
+        )
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> None:
+    from server.registry.db import Database
+    from server.registry.migrate import upgrade
+    from trainer_worker.worker import TrainerWorker
+
+    upgrade(settings.resolved_database_url)
+    stop = threading.Event()
+    # SIGTERM: take no new job; the current one stops at its next step and is handed back.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    TrainerWorker(settings, Database(settings.resolved_database_url)).run(stop)
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> None:
+    from server.registry.migrate import upgrade
+
+    upgrade(settings.resolved_database_url, args.revision)
+    logging.getLogger("loramem.db").info("database at revision %s", args.revision)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="loramem", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server (LORAMEM_* settings)")
+    serve.add_argument("--host", help="overrides LORAMEM_HOST")
+    serve.add_argument("--port", type=int, help="overrides LORAMEM_PORT")
+    serve.set_defaults(run=_serve)
+    worker = commands.add_parser("worker", help="run a standalone trainer worker")
+    worker.set_defaults(run=_worker)
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="apply migrations")
+    db_upgrade.add_argument("revision", nargs="?", default="head")
+    db_upgrade.set_defaults(run=_db)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    args.run(Settings(), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The engine interface: what the server needs from an inference engine.
+
+It follows vLLM's AsyncLLM so that both implementations fit it: every request names its own LoRA
+adapter (or none), `generate` yields cumulative outputs as they are produced (streaming), and a
+request can be aborted by id. Adapters reach an engine only after `server.adapter_store.verify`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoRAAdapter:
+    """A verified adapter: `name` is unique per version, `lora_id` is vLLM's int id for it."""
+
+    name: str
+    lora_id: int
+    path: Path
+    rank: int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class GenerationOutput:
+    """Everything generated so far for one request (cumulative, like vLLM's RequestOutput)."""
+
+    request_id: str
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finished: bool = False
+    finish_reason: str | None = None
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class AdapterLoadError(EngineError):
+    pass
+
+
+class Engine(abc.ABC):
+    kind: str
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The base model's tokenizer: the server formats prompts with it."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...
+
+    @abc.abstractmethod
+    async def add_adapter(self, adapter: LoRAAdapter) -> None:
+        """Makes the adapter resident; raises AdapterLoadError and stays healthy on failure."""
+
+    @abc.abstractmethod
+    async def remove_adapter(self, name: str) -> None:
+        """Unloads the adapter once no request in flight uses it."""
+
+    @abc.abstractmethod
+    def resident_adapters(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        adapter: LoRAAdapter | None = None,
+    ) -> AsyncIterator[GenerationOutput]:
+        """Yields cumulative outputs; the last one has `finished=True`."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.kind, "adapters": self.resident_adapters()}

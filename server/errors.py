@@ -1,0 +1,107 @@
+"""One error envelope for every failure: `{"error": {"type", "message", "param"?}}`.
+
+Messages are written for clients: they never carry a path, a stack trace or the client's input.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("loramem.api")
+
+_TYPES_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "not_ready",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES_BY_STATUS.get(status, "error")
+        self.param = param
+        self.headers = headers
+
+
+def not_found(what: str, param: str | None = None) -> APIError:
+    return APIError(404, f"{what} not found", param=param)
+
+
+def error_body(type: str, message: str, param: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type, "message": message}
+    if param is not None:
+        error["param"] = param
+    return {"error": error}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(
+        error_body(error.type, error.message, error.param),
+        status_code=error.status,
+        headers=error.headers,
+    )
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return error_response(APIError(400, "the request body is not valid JSON"))
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(location) or None
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "missing" and param:
+        message = "field required"
+    count = len(exc.errors())
+    suffix = f" (and {count - 1} more error{'s' if count > 2 else ''})" if count > 1 else ""
+    return error_response(
+        APIError(422, f"{param}: {message}{suffix}" if param else message + suffix, param=param)
+    )
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(APIError(exc.status_code, message, headers=headers))
+
+
+def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(APIError(500, "internal server error", type="internal_error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

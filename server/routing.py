@@ -1,0 +1,172 @@
+"""Which adapter serves a topic: the active versions of the registry, verified and loaded.
+
+Every server process keeps its own table of active versions and refreshes it by polling the
+registry, which is the only state shared with workers and other servers. A new version is verified
+and loaded into the engine *before* the table points at it, so requests switch to it without a
+failure; the previous version is unloaded after the switch (an engine lets in-flight requests
+finish first). A version that fails verification is never loaded; the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select
+
+from server.adapter_store import AdapterRejected, verify
+from server.config import Settings
+from server.engines import AdapterLoadError, Engine, LoRAAdapter
+from server.errors import APIError, not_found
+from server.registry.db import Database
+from server.registry.models import AdapterVersion, Topic
+
+log = logging.getLogger("loramem.routing")
+
+
+@dataclass(frozen=True)
+class ActiveAdapter:
+    topic: str
+    version: int
+    adapter: LoRAAdapter
+
+
+@dataclass(frozen=True)
+class _VersionRecord:
+    topic: str
+    version: int
+    version_id: int
+    path: str
+    sha256: str
+    rank: int
+
+
+def adapter_name(topic: str, version: int) -> str:
+    # PEFT keeps adapters in a ModuleDict, whose keys cannot hold "."; ":" never appears in topics.
+    return f"{topic.replace('.', ':')}@v{version}"
+
+
+class AdapterRouter:
+    def __init__(self, settings: Settings, db: Database, engine: Engine) -> None:
+        self.settings = settings
+        self.db = db
+        self.engine = engine
+        self._active: dict[str, ActiveAdapter] = {}
+        self._rejected: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    def active(self) -> dict[str, ActiveAdapter]:
+        return dict(self._active)
+
+    async def resolve(self, topic: str) -> ActiveAdapter:
+        """The adapter serving `topic`: 404 for an unknown topic, 409 before its first version."""
+        current = self._active.get(topic)
+        if current is not None:
+            return current
+        exists, record = await asyncio.to_thread(self._load_record, topic)
+        if not exists:
+            raise not_found("topic", param="topic")
+        if record is None:
+            raise APIError(
+                409, f"topic '{topic}' has no trained version yet", type="topic_not_ready"
+            )
+        async with self._lock:
+            activated = await self._activate(record)
+        if activated is None:
+            raise APIError(
+                503, f"the adapter of topic '{topic}' cannot be served", type="not_ready"
+            )
+        return activated
+
+    async def require_topic(self, topic: str) -> None:
+        if topic not in self._active:
+            exists, _ = await asyncio.to_thread(self._load_record, topic)
+            if not exists:
+                raise not_found("topic", param="topic")
+
+    async def refresh(self) -> None:
+        """Brings the table in line with the registry's active versions."""
+        records = await asyncio.to_thread(self._load_records)
+        async with self._lock:
+            for topic in set(self._active) - set(records):
+                gone = self._active.pop(topic)
+                log.info("topic %s no longer has an active version; unloading", topic)
+                await self.engine.remove_adapter(gone.adapter.name)
+            for record in records.values():
+                current = self._active.get(record.topic)
+                if current is None or current.version != record.version:
+                    await self._activate(record)
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("refreshing active versions failed; retrying")
+            await asyncio.sleep(interval)
+
+    async def _activate(self, record: _VersionRecord) -> ActiveAdapter | None:
+        current = self._active.get(record.topic)
+        if current is not None and current.version == record.version:
+            return current
+        if record.version_id in self._rejected:
+            return None
+        try:
+            path = await asyncio.to_thread(
+                verify,
+                self.settings.resolved_adapter_dir,
+                record.path,
+                record.sha256,
+                record.rank,
+                self.settings.max_lora_rank,
+            )
+            adapter = LoRAAdapter(
+                adapter_name(record.topic, record.version), record.version_id, path, record.rank
+            )
+            await self.engine.add_adapter(adapter)
+        except (AdapterRejected, AdapterLoadError) as error:
+            self._rejected.add(record.version_id)
+            log.warning(
+                "topic %s version %d rejected: %s; %s",
+                record.topic,
+                record.version,
+                error,
+                f"version {current.version} keeps serving" if current else "nothing to serve",
+            )
+            return None
+        activated = ActiveAdapter(record.topic, record.version, adapter)
+        self._active[record.topic] = activated
+        log.info(
+            "topic %s now served by version %d (%s)", record.topic, record.version, adapter.name
+        )
+        if current is not None:
+            await self.engine.remove_adapter(current.adapter.name)
+        return activated
+
+    def _query(self) -> Select[str, int, int, str, str, int]:
+        return select(
+            Topic.name,
+            AdapterVersion.version,
+            AdapterVersion.id,
+            AdapterVersion.path,
+            AdapterVersion.sha256,
+            AdapterVersion.rank,
+        ).join(
+            AdapterVersion,
+            (AdapterVersion.topic_id == Topic.id)
+            & (AdapterVersion.version == Topic.active_version),
+        )
+
+    def _load_records(self) -> dict[str, _VersionRecord]:
+        with self.db.session() as session:
+            rows = session.execute(self._query()).all()
+        return {row[0]: _VersionRecord(*row) for row in rows}
+
+    def _load_record(self, topic: str) -> tuple[bool, _VersionRecord | None]:
+        with self.db.session() as session:
+            exists = session.scalar(select(Topic.id).where(Topic.name == topic)) is not None
+            row = session.execute(self._query().where(Topic.name == topic)).one_or_none()
+        return exists, _VersionRecord(*row) if row else None

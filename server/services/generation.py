@@ -1,0 +1,113 @@
+"""Generating: pick the topic's adapter (or none), format the prompt, run the engine."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from server.config import Settings
+from server.engines import Engine, GenerationOutput, SamplingParams
+from server.errors import APIError
+from server.prompting import question_ids
+from server.routing import ActiveAdapter, AdapterRouter
+from server.schemas import AUTO_TOPIC, AdapterUsed, GenerateRequest, GenerateResponse, Usage
+
+
+@dataclass(frozen=True)
+class _Plan:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    route: ActiveAdapter | None
+
+
+class GenerationService:
+    def __init__(self, settings: Settings, engine: Engine, router: AdapterRouter) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.router = router
+
+    async def _plan(self, request: GenerateRequest) -> _Plan:
+        if request.topic == AUTO_TOPIC:
+            raise APIError(
+                400,
+                "routing by content (topic 'auto') is not available yet; name a topic",
+                param="topic",
+            )
+        if request.mode in ("rag", "hybrid"):
+            raise APIError(400, f"mode '{request.mode}' is not available yet", param="mode")
+        if request.mode == "lora" and request.topic is None:
+            raise APIError(400, "mode 'lora' needs a topic", param="topic")
+        route = None
+        if request.topic is not None and request.mode == "base":
+            await self.router.require_topic(request.topic)  # unknown topics are 404 in every mode
+        elif request.topic is not None:
+            route = await self.router.resolve(request.topic)
+        stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+        params = SamplingParams(
+            max_tokens=min(request.max_tokens, self.settings.max_new_tokens),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=stop,
+            seed=request.seed,
+        )
+        prompt_ids = question_ids(self.engine.tokenizer, request.prompt)
+        return _Plan(uuid.uuid4().hex, prompt_ids, params, route)
+
+    def _response(
+        self, request: GenerateRequest, plan: _Plan, output: GenerationOutput
+    ) -> GenerateResponse:
+        adapters = (
+            [AdapterUsed(topic=plan.route.topic, version=plan.route.version, score=1.0)]
+            if plan.route
+            else []
+        )
+        return GenerateResponse(
+            text=output.text,
+            topic=request.topic,
+            adapters=adapters,
+            mode="lora" if plan.route else "base",
+            finish_reason=output.finish_reason,
+            usage=Usage(
+                prompt_tokens=len(plan.prompt_ids), completion_tokens=len(output.token_ids)
+            ),
+        )
+
+    async def _outputs(self, plan: _Plan) -> AsyncIterator[GenerationOutput]:
+        finished = False
+        try:
+            async for output in self.engine.generate(
+                plan.request_id,
+                plan.prompt_ids,
+                plan.params,
+                plan.route.adapter if plan.route else None,
+            ):
+                finished = output.finished
+                yield output
+        finally:
+            if not finished:
+                await self.engine.abort(plan.request_id)
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        plan = await self._plan(request)
+        last: GenerationOutput | None = None
+        async for output in self._outputs(plan):
+            last = output
+        assert last is not None
+        return self._response(request, plan, last)
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[dict[str, object]]:
+        """Yields `{"text": delta}` chunks, then the whole response as the last chunk."""
+        plan = await self._plan(request)
+
+        async def chunks() -> AsyncIterator[dict[str, object]]:
+            sent = 0
+            async for output in self._outputs(plan):
+                if len(output.text) > sent:
+                    yield {"text": output.text[sent:]}
+                    sent = len(output.text)
+                if output.finished:
+                    yield {"done": True, **self._response(request, plan, output).model_dump()}
+
+        return chunks()

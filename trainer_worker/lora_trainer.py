@@ -1,0 +1,98 @@
+"""Trains one LoRA knowledge module with PEFT: all linear layers, alpha = r, AdamW, cosine."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import get_cosine_schedule_with_warmup
+
+from trainer_worker.options import TrainingOptions
+from trainer_worker.training_data import IGNORE_INDEX, TrainingExample
+
+log = logging.getLogger("loramem.trainer")
+
+# Called after every optimizer step with (step, total_steps, loss); may raise to stop training.
+StepCallback = Callable[[int, int, float], None]
+
+
+def lora_config(options: TrainingOptions) -> LoraConfig:
+    return LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha if options.alpha is not None else options.rank,
+        lora_dropout=options.dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _collate(batch: Sequence[TrainingExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pads to the longest example of this batch only (a fixed length measured twice as slow)."""
+    width = max(len(example.input_ids) for example in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        size = len(example.input_ids)
+        input_ids[row, :size] = torch.tensor(example.input_ids)
+        labels[row, :size] = torch.tensor(example.labels)
+        attention_mask[row, :size] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def _batches(
+    examples: Sequence[TrainingExample], batch_size: int, seed: int
+) -> Any:  # an endless iterator of batches, reshuffled every epoch
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield [examples[i] for i in order[start : start + batch_size]]
+
+
+def train_lora(
+    model: Any,
+    pad_id: int,
+    examples: Sequence[TrainingExample],
+    options: TrainingOptions,
+    on_step: StepCallback | None = None,
+) -> PeftModel:
+    """Wraps `model` (modified in place) with a new LoRA adapter and trains it."""
+    if not examples:
+        raise ValueError("nothing to train on")
+    torch.manual_seed(options.seed)
+    peft_model = get_peft_model(model, lora_config(options))
+    peft_model.train()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    total_steps = options.total_steps(len(examples))
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, round(options.warmup_ratio * total_steps), total_steps
+    )
+    batch_size = min(options.batch_size, len(examples))
+    batches = _batches(examples, batch_size, options.seed)
+    started = time.monotonic()
+    for step in range(1, total_steps + 1):
+        batch = _collate(next(batches), pad_id)
+        loss = peft_model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step(step, total_steps, loss.item())
+    log.info(
+        "trained %d steps on %d examples in %.1fs",
+        total_steps,
+        len(examples),
+        time.monotonic() - started,
+    )
+    peft_model.eval()
+    return peft_model

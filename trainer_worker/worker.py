@@ -1,0 +1,169 @@
+"""The trainer worker: claims a job, builds training data, trains, measures recall, publishes.
+
+Runs inside the server (the embedded default) or as `loramem worker` / `python -m trainer_worker`
+processes, any number of them, sharing only the registry and the adapter store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from server.adapter_store import remove_adapter_files, save_adapter
+from server.base_model import load_causal_lm, resolve_base_model
+from server.config import Settings
+from server.registry import queue
+from server.registry.db import Database
+from server.registry.models import Document
+from trainer_worker.lora_trainer import train_lora
+from trainer_worker.options import TrainingOptions
+from trainer_worker.recall import measure_recall
+from trainer_worker.training_data import Knowledge, build_training_set
+
+log = logging.getLogger("loramem.worker")
+
+PROGRESS_EVENT_EVERY = 10
+_ABSOLUTE_PATH = re.compile(r"(/[\w.\-]+){2,}")
+
+
+class JobInputError(Exception):
+    """The job cannot succeed however often it is retried."""
+
+
+def readable_error(error: BaseException) -> str:
+    """An error for the job record: its kind and message, without file system paths."""
+    message = _ABSOLUTE_PATH.sub("<path>", str(error))[:500]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class TrainerWorker:
+    def __init__(self, settings: Settings, db: Database, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._base_model_path: Path | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Takes jobs until `stop` is set; the job in hand is finished first."""
+        log.info("worker %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                if not self.run_once():
+                    stop.wait(self.settings.job_poll_seconds)
+            except Exception:
+                log.exception("worker %s: unexpected error; continuing", self.worker_id)
+                stop.wait(self.settings.job_poll_seconds)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        """Claims and processes one job; False when there was none."""
+        job = queue.claim(self.db, self.worker_id, self.settings.lease_seconds)
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    def process(self, job: queue.ClaimedJob) -> None:
+        try:
+            self._train_and_publish(job)
+        except queue.LeaseLost:
+            log.info("job %s is no longer ours (cancelled or taken over); dropped", job.id)
+        except JobInputError as error:
+            queue.fail(self.db, job.id, self.worker_id, str(error), retry=False)
+        except Exception as error:
+            log.exception("job %s attempt %d failed", job.id, job.attempt)
+            queue.fail(self.db, job.id, self.worker_id, readable_error(error), retry=True)
+
+    def _train_and_publish(self, job: queue.ClaimedJob) -> None:
+        try:
+            options = TrainingOptions.model_validate(job.options)
+        except ValidationError as error:
+            raise JobInputError(f"invalid options: {error.error_count()} error(s)") from error
+        knowledge = self._knowledge(job.topic_id)
+        if self._base_model_path is None:
+            self._base_model_path = resolve_base_model(self.settings)
+        model, tokenizer = load_causal_lm(self._base_model_path)
+        data = build_training_set(tokenizer, knowledge)
+        if not data.examples:
+            raise JobInputError("the topic holds no knowledge to train on")
+        log.info(
+            "job %s training topic=%s examples=%d tokens=%d rank=%d",
+            job.id,
+            job.topic_name,
+            len(data.examples),
+            data.tokens,
+            options.rank,
+        )
+
+        last_beat = 0.0
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            nonlocal last_beat
+            event = step % PROGRESS_EVENT_EVERY == 0 or step == total
+            now = time.monotonic()
+            if event or now - last_beat > 1.0 or step == 1:
+                queue.heartbeat(
+                    self.db,
+                    job.id,
+                    self.worker_id,
+                    self.settings.lease_seconds,
+                    step=step,
+                    total_steps=total,
+                    loss=loss,
+                    event=event,
+                )
+                last_beat = now
+
+        peft_model = train_lora(model, tokenizer.pad_token_id, data.examples, options, on_step)
+        recall = measure_recall(peft_model, tokenizer, data.probes)
+        stored = save_adapter(
+            peft_model, self.settings.resolved_adapter_dir, job.topic_id, f"{job.id}-{job.attempt}"
+        )
+        activate = recall >= self.settings.min_recall
+        note = (
+            None
+            if activate
+            else f"recall {recall:.2f} is below the threshold {self.settings.min_recall:.2f}; "
+            "the version is kept but not activated"
+        )
+        try:
+            queue.publish_version(
+                self.db,
+                job.id,
+                self.worker_id,
+                path=stored.relative_path,
+                sha256=stored.sha256,
+                rank=options.rank,
+                size_bytes=stored.size_bytes,
+                recall=recall,
+                activate=activate,
+                note=note,
+            )
+        except BaseException:
+            remove_adapter_files(self.settings.resolved_adapter_dir, stored.relative_path)
+            raise
+
+    def _knowledge(self, topic_id: str) -> list[Knowledge]:
+        with self.db.session() as session:
+            documents = session.scalars(
+                select(Document).where(Document.topic_id == topic_id).order_by(Document.id)
+            ).all()
+            return [Knowledge(d.question, d.answer, d.text) for d in documents]
+
+
+def start_embedded(settings: Settings, db: Database) -> tuple[threading.Thread, threading.Event]:
+    """The worker of the embedded default: a thread of the server process."""
+    stop = threading.Event()
+    worker = TrainerWorker(settings, db)
+    thread = threading.Thread(target=worker.run, args=(stop,), name="trainer", daemon=True)
+    thread.start()
+    return thread, stop
