@@ -14,7 +14,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
@@ -31,22 +30,11 @@ from server.routing import AdapterRouter
 from server.schemas import ErrorResponse
 from server.services.generation import GenerationService
 from server.services.memory import MemoryService
+from server.state import AppState
 
 log = logging.getLogger("loramem.server")
 
 EngineFactory = Callable[[Settings, Path], Engine]
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    db: Database
-    memory: MemoryService
-    engine: Engine | None = None
-    router: AdapterRouter | None = None
-    generation: GenerationService | None = None
-    startup_error: str | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:

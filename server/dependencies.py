@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from server.errors import APIError
-
-if TYPE_CHECKING:
-    from server.app import AppState
-    from server.services.generation import GenerationService
-    from server.services.memory import MemoryService
+from server.services.generation import GenerationService
+from server.services.memory import MemoryService
+from server.state import AppState
 
 
 def get_state(request: Request) -> AppState:
@@ -20,7 +18,7 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-State = Annotated["AppState", Depends(get_state)]
+State = Annotated[AppState, Depends(get_state)]
 
 
 def get_memory(state: State) -> MemoryService:
@@ -33,8 +31,8 @@ def get_generation(state: State) -> GenerationService:
     return state.generation
 
 
-Memory = Annotated["MemoryService", Depends(get_memory)]
-Generation = Annotated["GenerationService", Depends(get_generation)]
+Memory = Annotated[MemoryService, Depends(get_memory)]
+Generation = Annotated[GenerationService, Depends(get_generation)]
 
 
 def _bearer(request: Request) -> str | None:

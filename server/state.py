@@ -1,0 +1,25 @@
+"""What the app holds while it runs: settings, database, engine and the services over them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from server.config import Settings
+from server.engines import Engine
+from server.registry.db import Database
+from server.routing import AdapterRouter
+from server.services.generation import GenerationService
+from server.services.memory import MemoryService
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    memory: MemoryService
+    engine: Engine | None = None
+    router: AdapterRouter | None = None
+    generation: GenerationService | None = None
+    startup_error: str | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
