@@ -113,7 +113,8 @@ def verify(adapter_dir: Path, relative_path: str, sha256: str, rank: int, max_ra
     if config.get("r") != rank or not 1 <= rank <= max_rank:
         raise AdapterRejected(f"adapter rank must match the registry and be at most {max_rank}")
     targets = config.get("target_modules") or []
-    if isinstance(targets, str) or not set(targets) <= ALLOWED_TARGETS:
+    # PEFT saves short names ("q_proj") or, for small models, full paths ("model.layers.0.q_proj").
+    if isinstance(targets, str) or not {t.rsplit(".", 1)[-1] for t in targets} <= ALLOWED_TARGETS:
         raise AdapterRejected("adapter targets unknown modules")
     try:
         with safe_open(str(weights), framework="pt") as tensors:

@@ -73,7 +73,7 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(APIError(400, "the request body is not valid JSON"))
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "missing" and param:
         message = "field required"
     count = len(exc.errors())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from server import Settings
+from server.adapter_store import StoredAdapter, save_adapter
 from server.base_model import GGUF_FILE, gguf_location
 from tests.helpers import running_app
 
@@ -96,3 +97,32 @@ def database_url(
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with running_app(settings) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def make_adapter(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., StoredAdapter]:
+    """Saves a LoRA adapter with random (non-zero) weights for the tiny model into a store."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from server.base_model import load_causal_lm
+
+    store = tmp_path_factory.mktemp("adapter-store")
+
+    def make(seed: int, rank: int = 4, store_dir: Path = store) -> StoredAdapter:
+        torch.manual_seed(seed)
+        model, _ = load_causal_lm(tiny_model_dir)
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules="all-linear", init_lora_weights=False
+        )
+        peft_model = get_peft_model(model, config)
+        with torch.no_grad():  # make the delta large enough to change greedy outputs
+            for name, parameter in peft_model.named_parameters():
+                if "lora_B" in name:
+                    parameter.mul_(50)
+        return save_adapter(peft_model, store_dir, "topic", f"seed{seed}-r{rank}")
+
+    make.store = store  # type: ignore[attr-defined]
+    return make

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
@@ -81,12 +82,16 @@ class HFEngine(Engine):
         self._peft: PeftModel | None = None
         self._tokenizer: Any = None
         self._resident: OrderedDict[str, LoRAAdapter] = OrderedDict()
+        # Removed by the caller but still wanted by queued requests: unloaded once they are served.
+        self._retired: set[str] = set()
         self._pending: deque[_Request] = deque()
         self._serving: list[_Request] = []
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # Counters for operators and tests: batches decoded, requests served, adapter loads.
+        self.stats = {"batches": 0, "requests": 0, "adapter_loads": 0, "adapter_evictions": 0}
 
     @property
     def tokenizer(self) -> Any:
@@ -116,13 +121,18 @@ class HFEngine(Engine):
             **super().describe(),
             "max_resident_adapters": self.max_resident_adapters,
             "max_batch_size": self.max_batch_size,
+            "stats": dict(self.stats),
         }
 
     async def add_adapter(self, adapter: LoRAAdapter) -> None:
         await self._call(lambda: self._ensure_resident(adapter, pinned=set()))
 
     async def remove_adapter(self, name: str) -> None:
-        await self._call(lambda: self._unload(name))
+        def retire() -> None:
+            self._retired.add(name)
+            self._unload_retired()
+
+        await self._call(retire)
 
     async def abort(self, request_id: str) -> None:
         with self._wakeup:
@@ -192,6 +202,7 @@ class HFEngine(Engine):
                 self._serve(batch)
             with self._wakeup:
                 self._serving = []
+                self._unload_retired()
         for request in [*self._pending, *self._serving]:
             request.emit(EngineError("engine shut down"))
 
@@ -236,6 +247,8 @@ class HFEngine(Engine):
             return {index for index, request in enumerate(ready) if request.aborted}
 
         assert self._model is not None
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(ready)
         try:
             decode_batch(
                 self._peft or self._model,
@@ -261,6 +274,7 @@ class HFEngine(Engine):
             if victim is None:
                 break
             self._unload(victim, reason="evicted")
+            self.stats["adapter_evictions"] += 1
         started = time.monotonic()
         try:
             if self._peft is None:
@@ -273,10 +287,14 @@ class HFEngine(Engine):
                 self._peft.load_adapter(str(adapter.path), adapter_name=adapter.name)
         except Exception as error:
             log.warning("adapter %s failed to load: %s", adapter.name, type(error).__name__)
-            if self._peft is not None and adapter.name in self._peft.peft_config:
+            if self._peft is None:
+                # PEFT may have injected LoRA layers before failing: start from a clean base.
+                self._model, _ = load_causal_lm(self.model_path)
+            elif adapter.name in self._peft.peft_config:
                 self._peft.delete_adapter(adapter.name)
             raise AdapterLoadError(f"adapter {adapter.name} could not be loaded") from error
         self._resident[adapter.name] = adapter
+        self.stats["adapter_loads"] += 1
         log.info(
             "adapter %s loaded lora_id=%d rank=%d in %.0fms resident=%d",
             adapter.name,
@@ -286,10 +304,18 @@ class HFEngine(Engine):
             len(self._resident),
         )
 
+    def _unload_retired(self) -> None:
+        wanted = {r.adapter.name for r in self._pending if r.adapter and not r.aborted}
+        for name in self._retired - wanted:
+            self._unload(name)
+
     def _unload(self, name: str, reason: str = "unloaded") -> None:
+        self._retired.discard(name)
         if name not in self._resident:
             return
         del self._resident[name]
         assert self._peft is not None
-        self._peft.delete_adapter(name)
+        with warnings.catch_warnings():  # PEFT warns when the deleted adapter was the active one
+            warnings.simplefilter("ignore", UserWarning)
+            self._peft.delete_adapter(name)
         log.info("adapter %s %s resident=%d", name, reason, len(self._resident))

@@ -1,0 +1,166 @@
+"""POST /generate on the tiny model: base, a topic's adapter, hot swap to a new version, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from server import Settings
+from tests.helpers import running_app, wait_job
+
+QA = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
+MORE_QA = [{"question": "Which city hosts the Vendrell Cup?", "answer": "Talvenna"}]
+FAST = {"steps": 4}
+
+
+async def _memorize(client: httpx.AsyncClient, topic: str, qa: list[dict[str, str]]) -> dict:
+    response = await client.post("/memorize", json={"topic": topic, "qa": qa, "options": FAST})
+    assert response.status_code == 202
+    return await wait_job(client, response.json()["job_id"])
+
+
+async def _wait_active(client: httpx.AsyncClient, topic: str, version: int) -> None:
+    for _ in range(200):
+        engine = (await client.get("/admin/engine")).json()
+        if engine["active_versions"].get(topic) == version:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{topic} v{version} never became active")
+
+
+async def test_without_topic_the_base_model_answers(client: httpx.AsyncClient) -> None:
+    response = await client.post("/generate", json={"prompt": "Hello?", "max_tokens": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["mode"] == "base" and body["adapters"] == [] and body["topic"] is None
+    assert body["usage"]["prompt_tokens"] > 0
+    assert 0 < body["usage"]["completion_tokens"] <= 5
+
+
+async def test_unknown_topic_is_a_404_in_every_mode(client: httpx.AsyncClient) -> None:
+    for mode in ("auto", "lora", "base"):
+        response = await client.post(
+            "/generate", json={"prompt": "Hello?", "topic": "nope", "mode": mode}
+        )
+        assert response.status_code == 404
+        assert response.json()["error"] == {
+            "type": "not_found",
+            "message": "topic not found",
+            "param": "topic",
+        }
+
+
+async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await client.post("/memorize", json={"topic": "acme", "qa": QA, "options": FAST})
+    queued = await client.post("/generate", json={"prompt": "Hi", "topic": "acme", "max_tokens": 2})
+    if queued.status_code != 200:  # before its first version the topic is known but not ready
+        assert queued.status_code == 409 and queued.json()["error"]["type"] == "topic_not_ready"
+    job = await wait_job(client, first.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert job["adapter_version"] == 1 and job["step"] == job["total_steps"] == 4
+    assert job["progress"] == 1.0 and job["loss"] is not None and 0 <= job["recall"] <= 1
+
+    answer = await client.post("/generate", json={"prompt": QA[0]["question"], "topic": "acme"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["mode"] == "lora" and body["topic"] == "acme"
+    assert body["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0}]
+
+    base = await client.post(
+        "/generate", json={"prompt": QA[0]["question"], "topic": "acme", "mode": "base"}
+    )
+    assert base.json()["mode"] == "base" and base.json()["adapters"] == []
+
+    # Requests keep flowing while version 2 is trained, published and swapped in.
+    stop = asyncio.Event()
+    statuses: list[int] = []
+    versions: set[int] = set()
+
+    async def steady_load() -> None:
+        while not stop.is_set():
+            reply = await client.post(
+                "/generate", json={"prompt": "Tell me.", "topic": "acme", "max_tokens": 3}
+            )
+            statuses.append(reply.status_code)
+            if reply.status_code == 200:
+                versions.add(reply.json()["adapters"][0]["version"])
+
+    load = asyncio.create_task(steady_load())
+    second = await _memorize(client, "acme", MORE_QA)
+    await _wait_active(client, "acme", 2)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await load
+    assert second["status"] == "succeeded" and second["adapter_version"] == 2
+    assert statuses and set(statuses) == {200}
+    assert 2 in versions
+
+    topic = (await client.get("/admin/topics/acme")).json()
+    assert topic["active_version"] == 2
+    assert [v["version"] for v in topic["versions"]] == [1, 2]
+    assert len(topic["documents"]) == 2  # version 2 was trained on old and new knowledge
+    engine = (await client.get("/admin/engine")).json()
+    assert engine["engine"] == "hf" and "acme@v1" not in engine["adapters"]
+
+    events = (await client.get(f"/jobs/{second['id']}/events")).json()["events"]
+    assert [e["kind"] for e in events][:2] == ["queued", "claimed"]
+    assert events[-1]["kind"] == "succeeded" and events[-1]["data"]["version"] == 2
+
+
+async def test_streaming_sends_deltas_then_the_whole_response(client: httpx.AsyncClient) -> None:
+    async with client.stream(
+        "POST", "/generate", json={"prompt": "Count to three.", "max_tokens": 8, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    final = chunks[-1]
+    assert final["done"] is True and final["mode"] == "base"
+    assert "".join(c["text"] for c in chunks[:-1]) == final["text"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": ""}, 422, "prompt"),
+        ({"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+        ({"prompt": "x", "temperature": -1}, 422, "temperature"),
+        ({"prompt": "x", "mode": "telepathy"}, 422, "mode"),
+        ({"prompt": "x", "topic": "Bad Topic"}, 422, "topic"),
+        ({"prompt": "x", "mode": "lora"}, 400, "topic"),
+        ({"prompt": "x", "topic": "auto"}, 400, "topic"),
+        ({"prompt": "x", "mode": "rag"}, 400, "mode"),
+        ({"prompt": 5}, 422, "prompt"),
+    ],
+)
+async def test_bad_generate_requests(
+    client: httpx.AsyncClient, body: dict, status: int, param: str
+) -> None:
+    response = await client.post("/generate", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+async def test_a_failed_training_leaves_the_previous_version_serving(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_app(settings.model_copy(update={"max_job_attempts": 1})) as client:
+        assert (await _memorize(client, "acme", QA))["status"] == "succeeded"
+        await _wait_active(client, "acme", 1)
+
+        def explode(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("out of memory while reading /srv/secret/weights.bin")
+
+        monkeypatch.setattr("trainer_worker.worker.train_lora", explode)
+        failed = await _memorize(client, "acme", MORE_QA)
+        assert failed["status"] == "failed" and failed["adapter_version"] is None
+        assert failed["error"] == "RuntimeError: out of memory while reading <path>"
+        answer = await client.post("/generate", json={"prompt": "Hi", "topic": "acme"})
+        assert answer.json()["adapters"][0]["version"] == 1
