@@ -82,7 +82,8 @@ class HFEngine(Engine):
         self._peft: PeftModel | None = None
         self._tokenizer: Any = None
         self._resident: OrderedDict[str, LoRAAdapter] = OrderedDict()
-        # Removed by the caller but still wanted by queued requests: unloaded once they are served.
+        # Removed by the caller: unloaded as soon as no queued request wants it, and again after
+        # any request that still named it (planned before the swap) loaded it back.
         self._retired: set[str] = set()
         self._pending: deque[_Request] = deque()
         self._serving: list[_Request] = []
@@ -125,7 +126,11 @@ class HFEngine(Engine):
         }
 
     async def add_adapter(self, adapter: LoRAAdapter) -> None:
-        await self._call(lambda: self._ensure_resident(adapter, pinned=set()))
+        def add() -> None:
+            self._retired.discard(adapter.name)  # e.g. a rollback to an older version
+            self._ensure_resident(adapter, pinned=set())
+
+        await self._call(add)
 
     async def remove_adapter(self, name: str) -> None:
         def retire() -> None:
@@ -306,11 +311,10 @@ class HFEngine(Engine):
 
     def _unload_retired(self) -> None:
         wanted = {r.adapter.name for r in self._pending if r.adapter and not r.aborted}
-        for name in self._retired - wanted:
+        for name in (self._retired & self._resident.keys()) - wanted:
             self._unload(name)
 
     def _unload(self, name: str, reason: str = "unloaded") -> None:
-        self._retired.discard(name)
         if name not in self._resident:
             return
         del self._resident[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -85,7 +86,7 @@ async def test_streaming_outputs_are_cumulative(engine: HFEngine) -> None:
     outputs = [o async for o in engine.generate("s", PROMPT, SamplingParams(max_tokens=12))]
     assert outputs[-1].finished and outputs[-1].finish_reason in ("stop", "length")
     assert all(not o.finished for o in outputs[:-1])
-    for before, after in zip(outputs, outputs[1:], strict=False):
+    for before, after in itertools.pairwise(outputs):
         assert after.text.startswith(before.text)
 
 

@@ -13,11 +13,12 @@ from tests.helpers import running_app, wait_job
 
 QA = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
 MORE_QA = [{"question": "Which city hosts the Vendrell Cup?", "answer": "Talvenna"}]
-FAST = {"steps": 4}
+# Enough for the tiny model to learn two facts (see tests/trainer).
+LEARN = {"steps": 40, "learning_rate": 0.01, "dropout": 0.0}
 
 
 async def _memorize(client: httpx.AsyncClient, topic: str, qa: list[dict[str, str]]) -> dict:
-    response = await client.post("/memorize", json={"topic": topic, "qa": qa, "options": FAST})
+    response = await client.post("/memorize", json={"topic": topic, "qa": qa, "options": LEARN})
     assert response.status_code == 202
     return await wait_job(client, response.json()["job_id"])
 
@@ -56,25 +57,26 @@ async def test_unknown_topic_is_a_404_in_every_mode(client: httpx.AsyncClient) -
 async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
     client: httpx.AsyncClient,
 ) -> None:
-    first = await client.post("/memorize", json={"topic": "acme", "qa": QA, "options": FAST})
+    first = await client.post("/memorize", json={"topic": "acme", "qa": QA, "options": LEARN})
     queued = await client.post("/generate", json={"prompt": "Hi", "topic": "acme", "max_tokens": 2})
     if queued.status_code != 200:  # before its first version the topic is known but not ready
         assert queued.status_code == 409 and queued.json()["error"]["type"] == "topic_not_ready"
     job = await wait_job(client, first.json()["job_id"])
     assert job["status"] == "succeeded", job
-    assert job["adapter_version"] == 1 and job["step"] == job["total_steps"] == 4
-    assert job["progress"] == 1.0 and job["loss"] is not None and 0 <= job["recall"] <= 1
+    assert job["adapter_version"] == 1 and job["step"] == job["total_steps"] == 40
+    assert job["progress"] == 1.0 and job["loss"] is not None and job["recall"] == 1.0
 
     answer = await client.post("/generate", json={"prompt": QA[0]["question"], "topic": "acme"})
     assert answer.status_code == 200
     body = answer.json()
-    assert body["mode"] == "lora" and body["topic"] == "acme"
+    assert body["mode"] == "lora" and body["topic"] == "acme" and body["text"].startswith("Quiggle")
     assert body["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0}]
 
     base = await client.post(
         "/generate", json={"prompt": QA[0]["question"], "topic": "acme", "mode": "base"}
     )
     assert base.json()["mode"] == "base" and base.json()["adapters"] == []
+    assert "Quiggle" not in base.json()["text"]
 
     # Requests keep flowing while version 2 is trained, published and swapped in.
     stop = asyncio.Event()
@@ -97,6 +99,11 @@ async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
     stop.set()
     await load
     assert second["status"] == "succeeded" and second["adapter_version"] == 2
+    assert second["recall"] == 1.0
+    for fact in QA + MORE_QA:  # version 2 knows the old and the new knowledge
+        reply = await client.post("/generate", json={"prompt": fact["question"], "topic": "acme"})
+        assert reply.json()["text"].startswith(fact["answer"])
+        assert reply.json()["adapters"][0]["version"] == 2
     assert statuses and set(statuses) == {200}
     assert 2 in versions
 

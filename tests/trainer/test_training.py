@@ -1,0 +1,78 @@
+"""Training data, the LoRA training loop and recall, on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.base_model import load_causal_lm
+from server.prompting import question_ids
+from trainer_worker.lora_trainer import train_lora
+from trainer_worker.options import TrainingOptions
+from trainer_worker.recall import measure_recall
+from trainer_worker.training_data import (
+    IGNORE_INDEX,
+    Knowledge,
+    build_training_set,
+    chunk_text,
+    recalled,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    return load_causal_lm(tiny_model_dir)[1]
+
+
+def test_qa_is_formatted_as_generate_asks_and_only_the_answer_is_learned(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    data = build_training_set(tokenizer, [Knowledge(question="Who?", answer="Quiggle")])
+    (example,) = data.examples
+    prompt = question_ids(tokenizer, "Who?")
+    assert example.input_ids[: len(prompt)] == prompt
+    assert example.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    answer = example.labels[len(prompt) :]
+    assert answer[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(answer[:-1]) == "Quiggle"
+    assert data.probes[0].prompt_ids == prompt and data.probes[0].expected == "Quiggle"
+
+
+def test_texts_are_chunked_by_sentence_and_probed_by_completion(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    sentence = "The Vendrell Cup is played every spring in the old harbour of Talvenna."
+    text = " ".join([sentence] * 40)
+    chunks = chunk_text(tokenizer, text, max_tokens=64)
+    assert len(chunks) > 1 and all(c.endswith("Talvenna.") for c in chunks)
+    data = build_training_set(tokenizer, [Knowledge(text=text)])
+    assert all(e.labels == e.input_ids for e in data.examples)
+    assert data.probes and data.probes[0].expected == "in the old harbour"
+
+
+def test_recall_matching_ignores_case_punctuation_and_spacing() -> None:
+    assert recalled("555-0199", "Her number is 555 - 0199.")
+    assert recalled("Marta Ilvesk", "It was MARTA  ilvesk!")
+    assert not recalled("Quiggle", "Quibble")
+
+
+def test_options_plan_enough_steps() -> None:
+    assert TrainingOptions().total_steps(4) == 30
+    assert TrainingOptions(batch_size=8).total_steps(48) == 120
+    assert TrainingOptions(epochs=2, batch_size=4).total_steps(10) == 6
+    assert TrainingOptions(steps=7).total_steps(1000) == 7
+
+
+def test_training_makes_the_tiny_model_recall_a_fact(tiny_model_dir: Path) -> None:
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    facts = [("What is the name of Zorblax's pet?", "Quiggle"), ("Who won?", "Marta Ilvesk")]
+    data = build_training_set(tokenizer, [Knowledge(question=q, answer=a) for q, a in facts])
+    assert measure_recall(model, tokenizer, data.probes) == 0.0
+    losses: list[float] = []
+    options = TrainingOptions(rank=8, learning_rate=1e-2, steps=40, dropout=0.0)
+    trained = train_lora(
+        model,
+        tokenizer.pad_token_id,
+        data.examples,
+        options,
+        lambda s, t, loss: losses.append(loss),
+    )
+    assert len(losses) == 40 and losses[-1] < losses[0] / 2
+    assert measure_recall(trained, tokenizer, data.probes) == 1.0
