@@ -39,6 +39,10 @@ class JobInputError(Exception):
     """The job cannot succeed however often it is retried."""
 
 
+class WorkerStopping(Exception):
+    """The worker was asked to stop in the middle of a job."""
+
+
 def readable_error(error: BaseException) -> str:
     """An error for the job record: its kind and message, without file system paths."""
     message = _ABSOLUTE_PATH.sub("<path>", str(error))[:500]
@@ -51,9 +55,11 @@ class TrainerWorker:
         self.db = db
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._base_model_path: Path | None = None
+        self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
-        """Takes jobs until `stop` is set; the job in hand is finished first."""
+        """Takes jobs until `stop` is set; the job in hand is handed back at its next step."""
+        self._stop = stop
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
             try:
@@ -77,6 +83,8 @@ class TrainerWorker:
             self._train_and_publish(job)
         except queue.LeaseLost:
             log.info("job %s is no longer ours (cancelled or taken over); dropped", job.id)
+        except WorkerStopping:
+            queue.hand_back(self.db, job.id, self.worker_id)
         except JobInputError as error:
             queue.fail(self.db, job.id, self.worker_id, str(error), retry=False)
         except Exception as error:
@@ -108,6 +116,8 @@ class TrainerWorker:
 
         def on_step(step: int, total: int, loss: float) -> None:
             nonlocal last_beat
+            if self._stop.is_set():
+                raise WorkerStopping
             event = step % PROGRESS_EVENT_EVERY == 0 or step == total
             now = time.monotonic()
             if event or now - last_beat > 1.0 or step == 1:

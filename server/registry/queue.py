@@ -269,6 +269,20 @@ def fail(db: Database, job_id: str, worker_id: str, error: str, *, retry: bool) 
             log.info("job %s failed attempt=%d: %s", job_id, job.attempts, error)
 
 
+def hand_back(db: Database, job_id: str, worker_id: str) -> None:
+    """A stopping worker returns its job to the queue; the attempt does not count."""
+    with db.session() as session:
+        job = session.scalars(select(Job).where(_fenced(job_id, worker_id))).one_or_none()
+        if job is None:
+            return
+        job.status = JobStatus.QUEUED
+        job.attempts = max(job.attempts - 1, 0)
+        job.locked_by = None
+        job.lease_expires_at = None
+        record_event(session, job_id, "handed_back", worker=worker_id)
+    log.info("job %s handed back by stopping worker %s", job_id, worker_id)
+
+
 def cancel(session: Session, job: Job) -> None:
     """Queued jobs end at once; a running one ends when its worker's next heartbeat is refused."""
     if job.status in FINISHED:

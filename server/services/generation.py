@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from server.config import Settings
-from server.engines import Engine, GenerationOutput, SamplingParams
+from server.engines import Engine, EngineError, GenerationOutput, SamplingParams
 from server.errors import APIError
 from server.prompting import question_ids
 from server.routing import ActiveAdapter, AdapterRouter
@@ -85,6 +85,10 @@ class GenerationService:
             ):
                 finished = output.finished
                 yield output
+        except EngineError as error:
+            raise APIError(
+                503, "the engine could not serve this request", type="engine_error"
+            ) from error
         finally:
             if not finished:
                 await self.engine.abort(plan.request_id)

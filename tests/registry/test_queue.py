@@ -168,3 +168,13 @@ def test_lease_expiring_on_the_last_attempt_fails_the_job(db: Database) -> None:
     assert queue.claim(db, "w", lease_seconds=30) is None
     job = _job(db, job_id)
     assert job.status == "failed" and "last attempt" in (job.error or "")
+
+
+def test_a_stopping_worker_hands_its_job_back_without_using_an_attempt(db: Database) -> None:
+    job_id = _enqueue(db, max_attempts=1)
+    assert queue.claim(db, "stopping", lease_seconds=30) is not None
+    queue.hand_back(db, job_id, "stopping")
+    job = _job(db, job_id)
+    assert job.status == "queued" and job.attempts == 0 and job.locked_by is None
+    again = queue.claim(db, "next", lease_seconds=30)
+    assert again is not None and again.id == job_id and again.attempt == 1

@@ -1,0 +1,68 @@
+"""The worker loop on the tiny model: a job end to end, and a stop in the middle of training."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import select
+
+from server import Settings
+from server.registry import queue
+from server.registry.db import Database
+from server.registry.migrate import upgrade
+from server.registry.models import Document, Job, Topic
+from trainer_worker.worker import TrainerWorker
+
+
+def _setup(settings: Settings, steps: int) -> tuple[Database, str]:
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    with db.session() as session:
+        topic = Topic(name="acme")
+        session.add(topic)
+        session.flush()
+        session.add(Document(topic_id=topic.id, kind="qa", question="Who?", answer="Quiggle"))
+        job_id = queue.enqueue(session, topic, {"steps": steps}, max_attempts=1).id
+    return db, job_id
+
+
+def test_worker_trains_and_publishes_one_version(settings: Settings) -> None:
+    db, job_id = _setup(settings, steps=3)
+    worker = TrainerWorker(settings, db)
+    assert worker.run_once() is True
+    assert worker.run_once() is False
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        topic = session.scalars(select(Topic)).one()
+        assert job is not None and job.status == "succeeded" and job.step == 3
+        assert topic.active_version == 1 and len(topic.versions) == 1
+        folder = settings.resolved_adapter_dir / topic.versions[0].path
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    db.dispose()
+
+
+def test_a_stopping_worker_hands_back_its_job_mid_training(settings: Settings) -> None:
+    db, job_id = _setup(settings, steps=100_000)
+    stop = threading.Event()
+    worker = TrainerWorker(settings, db)
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    for _ in range(600):
+        with db.session() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.step > 0:
+                break
+        stop.wait(0.05)
+    stop.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "queued" and job.attempts == 0
+        assert 0 < job.step < 100_000
+        assert session.scalars(select(Topic)).one().versions == []
+    assert not list(settings.resolved_adapter_dir.glob("*/*"))
+    db.dispose()
