@@ -50,7 +50,10 @@ class _Request:
     aborted: bool = False
 
     def emit(self, item: GenerationOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is gone: nobody is waiting any more
+            self.aborted = True
 
     def output(self, row: DecodeRow | None, *, finished: bool) -> GenerationOutput:
         return GenerationOutput(
