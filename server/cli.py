@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     db_upgrade.set_defaults(run=_db)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # Models come from local folders only; never wait on a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     args.run(Settings(), args)
 
 
