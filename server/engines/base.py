@@ -61,6 +61,11 @@ class Engine(abc.ABC):
     def tokenizer(self) -> Any:
         """The base model's tokenizer: the server formats prompts with it."""
 
+    @property
+    @abc.abstractmethod
+    def max_model_len(self) -> int:
+        """Prompt plus generated tokens may not exceed this."""
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 

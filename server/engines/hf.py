@@ -103,6 +103,12 @@ class HFEngine(Engine):
             raise EngineError("engine not started")
         return self._tokenizer
 
+    @property
+    def max_model_len(self) -> int:
+        if self._model is None:
+            raise EngineError("engine not started")
+        return int(self._model.config.max_position_embeddings)
+
     async def start(self) -> None:
         started = time.monotonic()
         self._model, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path)
@@ -144,10 +150,7 @@ class HFEngine(Engine):
 
     async def abort(self, request_id: str) -> None:
         with self._wakeup:
-            for request in self._pending:
-                if request.id == request_id:
-                    request.aborted = True
-            for request in self._serving:
+            for request in [*self._pending, *self._serving]:
                 if request.id == request_id:
                     request.aborted = True
 
@@ -210,9 +213,14 @@ class HFEngine(Engine):
                 self._serve(batch)
             with self._wakeup:
                 self._serving = []
-                self._unload_retired()
-        for request in [*self._pending, *self._serving]:
-            request.emit(EngineError("engine shut down"))
+            self._unload_retired()
+        with self._wakeup:
+            for request in self._pending:
+                request.emit(EngineError("engine shut down"))
+            self._pending.clear()
+            for _, future in self._commands:
+                future.set_exception(EngineError("engine shut down"))
+            self._commands.clear()
 
     def _take_batch(self) -> list[_Request]:
         """Oldest first, bounded by batch size and by how many adapters may be resident at once."""
@@ -313,7 +321,8 @@ class HFEngine(Engine):
         )
 
     def _unload_retired(self) -> None:
-        wanted = {r.adapter.name for r in self._pending if r.adapter and not r.aborted}
+        with self._wakeup:
+            wanted = {r.adapter.name for r in self._pending if r.adapter and not r.aborted}
         for name in (self._retired & self._resident.keys()) - wanted:
             self._unload(name)
 

@@ -44,15 +44,23 @@ class GenerationService:
             await self.router.require_topic(request.topic)  # unknown topics are 404 in every mode
         elif request.topic is not None:
             route = await self.router.resolve(request.topic)
+        prompt_ids = question_ids(self.engine.tokenizer, request.prompt)
+        room = self.engine.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens; the model takes "
+                f"{self.engine.max_model_len} in all",
+                param="prompt",
+            )
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         params = SamplingParams(
-            max_tokens=min(request.max_tokens, self.settings.max_new_tokens),
+            max_tokens=min(request.max_tokens, self.settings.max_new_tokens, room),
             temperature=request.temperature,
             top_p=request.top_p,
             stop=stop,
             seed=request.seed,
         )
-        prompt_ids = question_ids(self.engine.tokenizer, request.prompt)
         return _Plan(uuid.uuid4().hex, prompt_ids, params, route)
 
     def _response(

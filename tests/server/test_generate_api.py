@@ -171,3 +171,13 @@ async def test_a_failed_training_leaves_the_previous_version_serving(
         assert failed["error"] == "RuntimeError: out of memory while reading <path>"
         answer = await client.post("/generate", json={"prompt": "Hi", "topic": "acme"})
         assert answer.json()["adapters"][0]["version"] == 1
+
+
+async def test_a_prompt_longer_than_the_model_takes_is_a_400(client: httpx.AsyncClient) -> None:
+    # The tiny model takes 1024 positions; this prompt is about 2000 tokens.
+    response = await client.post("/generate", json={"prompt": "lorem ipsum " * 1000})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompt"
+    assert (
+        await client.post("/generate", json={"prompt": "hi", "max_tokens": 2})
+    ).status_code == 200
