@@ -57,6 +57,14 @@ def _fsync_dir(folder: Path, *, with_files: bool = False) -> None:
         os.close(descriptor)
 
 
+def check_writable(adapter_dir: Path) -> None:
+    """Raises OSError unless adapters can be staged (and so published) in this store."""
+    staging_root = adapter_dir / ".staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=staging_root):
+        pass
+
+
 def save_adapter(peft_model: Any, adapter_dir: Path, topic_id: str, name: str) -> StoredAdapter:
     """Saves the model's adapter under `<topic_id>/<name>` by staging + atomic rename."""
     staging_root = adapter_dir / ".staging"

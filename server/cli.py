@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 
+from pydantic import ValidationError
+
 from server.config import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -29,10 +31,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> None:
     from server.registry.db import Database
-    from server.registry.migrate import upgrade
     from trainer_worker.worker import TrainerWorker
 
-    upgrade(settings.resolved_database_url)
     stop = threading.Event()
     # SIGTERM: take no new job; the current one stops at its next step and is handed back.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -41,10 +41,25 @@ def _worker(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _db(settings: Settings, args: argparse.Namespace) -> None:
+    _migrate(settings, args.revision)
+    logging.getLogger("loramem.db").info("database at revision %s", args.revision)
+
+
+def _migrate(settings: Settings, revision: str = "head") -> None:
+    """Every command starts here: an unreachable database is one clear line and exit status 2."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from server.registry.migrate import upgrade
 
-    upgrade(settings.resolved_database_url, args.revision)
-    logging.getLogger("loramem.db").info("database at revision %s", args.revision)
+    url = settings.resolved_database_url
+    try:
+        upgrade(url, revision)
+    except SQLAlchemyError as error:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        logging.getLogger("loramem.db").error("cannot use the database at %s: %s", shown, reason)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,12 +78,22 @@ def main(argv: list[str] | None = None) -> None:
     db_upgrade.set_defaults(run=_db)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "LORAMEM_" + "_".join(str(p) for p in problem["loc"]).upper()
+            logging.getLogger("loramem").error("%s: %s", name, problem["msg"])
+        raise SystemExit(2) from None
     # Models come from local folders only; never wait on a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    args.run(Settings(), args)
+    if args.run is not _db:
+        _migrate(settings)
+    args.run(settings, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -53,11 +52,11 @@ class Settings(BaseSettings):
             return normalize_database_url(self.database_url)
         return f"sqlite:///{(self.data_dir / 'loramem.db').resolve()}"
 
-    @cached_property
+    @property
     def resolved_adapter_dir(self) -> Path:
         return (self.adapter_dir or self.data_dir / "adapters").resolve()
 
-    @cached_property
+    @property
     def resolved_model_dir(self) -> Path:
         return (self.model_dir or self.data_dir / "models").resolve()
 

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Select, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from server.adapter_store import AdapterRejected, verify
 from server.config import Settings
@@ -104,6 +105,8 @@ class AdapterRouter:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
+            except SQLAlchemyError as error:
+                log.warning("cannot read active versions (%s); retrying", type(error).__name__)
             except Exception:
                 log.exception("refreshing active versions failed; retrying")
             await asyncio.sleep(interval)

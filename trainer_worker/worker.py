@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
-from server.adapter_store import remove_adapter_files, save_adapter
+from server.adapter_store import check_writable, remove_adapter_files, save_adapter
 from server.base_model import load_causal_lm, resolve_base_model
 from server.config import Settings
 from server.registry import queue
@@ -37,8 +38,8 @@ PROGRESS_EVENT_EVERY = 10
 _ABSOLUTE_PATH = re.compile(r"(/[\w.\-]+){2,}")
 
 
-class JobInputError(Exception):
-    """The job cannot succeed however often it is retried."""
+class PermanentJobError(Exception):
+    """The job cannot succeed however often it is retried; the message is shown to clients."""
 
 
 class WorkerStopping(Exception):
@@ -67,6 +68,13 @@ class TrainerWorker:
             try:
                 if not self.run_once():
                     stop.wait(self.settings.job_poll_seconds)
+            except SQLAlchemyError as error:
+                log.warning(
+                    "worker %s: registry unavailable (%s); retrying",
+                    self.worker_id,
+                    type(error).__name__,
+                )
+                stop.wait(self.settings.job_poll_seconds)
             except Exception:
                 log.exception("worker %s: unexpected error; continuing", self.worker_id)
                 stop.wait(self.settings.job_poll_seconds)
@@ -87,7 +95,7 @@ class TrainerWorker:
             log.info("job %s is no longer ours (cancelled or taken over); dropped", job.id)
         except WorkerStopping:
             queue.hand_back(self.db, job.id, self.worker_id)
-        except JobInputError as error:
+        except PermanentJobError as error:
             queue.fail(self.db, job.id, self.worker_id, str(error), retry=False)
         except Exception as error:
             log.exception("job %s attempt %d failed", job.id, job.attempt)
@@ -99,14 +107,20 @@ class TrainerWorker:
         try:
             options = TrainingOptions.model_validate(job.options)
         except ValidationError as error:
-            raise JobInputError(f"invalid options: {error.error_count()} error(s)") from error
+            raise PermanentJobError(f"invalid options: {error.error_count()} error(s)") from error
+        try:
+            check_writable(self.settings.resolved_adapter_dir)
+        except OSError as error:  # fail before training, not after minutes of it
+            raise PermanentJobError(
+                f"the adapter store is not writable ({type(error).__name__})"
+            ) from error
         knowledge = self._knowledge(job.topic_id)
         if self._base_model_path is None:
             self._base_model_path = resolve_base_model(self.settings)
         model, tokenizer = load_causal_lm(self._base_model_path)
         data = build_training_set(tokenizer, knowledge)
         if not data.examples:
-            raise JobInputError("the topic holds no knowledge to train on")
+            raise PermanentJobError("the topic holds no knowledge to train on")
         log.info(
             "job %s training topic=%s examples=%d tokens=%d rank=%d",
             job.id,

@@ -1,4 +1,9 @@
-"""Applies the Alembic migrations; called at server start and by `loramem db upgrade`."""
+"""Applies the Alembic migrations; `loramem db upgrade` and every process start call it.
+
+Many processes may start at once against one PostgreSQL (servers and workers of a scale-out
+deployment): a transaction-scoped advisory lock lets one migrate while the others wait, then find
+nothing left to do.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
+from server.registry.db import create_db_engine
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+# An arbitrary constant naming loramem's migration lock among PostgreSQL advisory locks.
+MIGRATION_LOCK_ID = 0x6C6F72616D656D
 
 
 def alembic_config(url: str) -> Config:
@@ -20,4 +28,13 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    config = alembic_config(url)
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()

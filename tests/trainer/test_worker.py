@@ -66,3 +66,17 @@ def test_a_stopping_worker_hands_back_its_job_mid_training(settings: Settings) -
         assert session.scalars(select(Topic)).one().versions == []
     assert not list(settings.resolved_adapter_dir.glob("*/*"))
     db.dispose()
+
+
+def test_an_unwritable_adapter_store_fails_the_job_before_training(settings: Settings) -> None:
+    blocked = settings.data_dir / "not-a-folder"
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("a file where the adapter store should be")
+    settings = settings.model_copy(update={"adapter_dir": blocked})
+    db, job_id = _setup(settings, steps=100_000)
+    TrainerWorker(settings, db).run_once()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "failed" and job.step == 0
+        assert job.error == "the adapter store is not writable (NotADirectoryError)"
+    db.dispose()
