@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,3 +43,37 @@ async def wait_job(http: httpx.AsyncClient, job_id: str, timeout: float = 300) -
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job
             await anyio.sleep(0.1)
+
+
+def process_env(**settings: str) -> dict[str, str]:
+    """This environment without any LORAMEM_ setting, plus the given ones (by their short name)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAMEM_")}
+    env.update({f"LORAMEM_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Starts `python -m <args>` with its output in `log`."""
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", *args], env=env, stdout=output, stderr=output
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{base_url} exited with {process.returncode}"
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{base_url} not ready in {timeout} s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +9,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers import process_env
 
-def _loramem(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LORAMEM_")}
+
+def _loramem(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "server.cli", *args],
-        env={**clean, **env},
+        env=process_env(**settings),
         capture_output=True,
         text=True,
         timeout=120,
@@ -23,7 +23,7 @@ def _loramem(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_db_upgrade_creates_the_registry(tmp_path: Path) -> None:
-    result = _loramem("db", "upgrade", LORAMEM_DATA_DIR=str(tmp_path))
+    result = _loramem("db", "upgrade", data_dir=str(tmp_path))
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'loramem.db'}")
     tables = set(sa.inspect(engine).get_table_names())
@@ -33,9 +33,7 @@ def test_db_upgrade_creates_the_registry(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"]])
 def test_an_unreachable_database_is_one_clear_line_and_exit_2(command: list[str]) -> None:
-    result = _loramem(
-        *command, LORAMEM_DATABASE_URL="postgresql://loramem:hunter2@127.0.0.1:1/registry"
-    )
+    result = _loramem(*command, database_url="postgresql://loramem:hunter2@127.0.0.1:1/registry")
     assert result.returncode == 2
     assert (
         "cannot use the database at postgresql+psycopg://loramem:***@127.0.0.1:1" in result.stderr
@@ -44,6 +42,6 @@ def test_an_unreachable_database_is_one_clear_line_and_exit_2(command: list[str]
 
 
 def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
-    result = _loramem("serve", LORAMEM_PORT="eighty", LORAMEM_DATA_DIR=str(tmp_path))
+    result = _loramem("serve", port="eighty", data_dir=str(tmp_path))
     assert result.returncode == 2
     assert "LORAMEM_PORT" in result.stderr and "Traceback" not in result.stderr

@@ -7,8 +7,6 @@ version that knows old and new facts while requests keep flowing.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.helpers import free_port, process_env, spawn, wait_http_ready
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,6 @@ MORE_FACTS = [
 ]
 
 
-def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAMEM_")}
-    env.update({"LORAMEM_DATA_DIR": str(data_dir), "TMPDIR": str(data_dir)}, **extra)
-    return env
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir whose base model two processes converted at the same time."""
@@ -51,7 +45,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     racers = [
         subprocess.Popen(
             [sys.executable, "-c", script],
-            env=_env(folder),
+            env=process_env(data_dir=str(folder)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -76,40 +70,22 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    port = _free_port()
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-        env=_env(data_dir, LORAMEM_VERSION_POLL_SECONDS="0.5"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    url = f"http://127.0.0.1:{free_port()}"
+    process = spawn(
+        ["server.cli", "serve", "--port", url.rsplit(":", 1)[1]],
+        process_env(data_dir=str(data_dir), version_poll_seconds="0.5"),
+        data_dir / "server.log",
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    client = httpx.Client(base_url=url, timeout=120)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, (data_dir / "server.log").read_text()[-3000:]
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 180 s"
-            time.sleep(0.5)
+        wait_http_ready(url, process)
         yield client, process
     finally:
         client.close()
         process.terminate()
         process.wait(timeout=60)
-        log.close()
 
 
 def _ask(client: httpx.Client, question: str, **extra: object) -> dict:
