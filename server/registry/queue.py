@@ -85,7 +85,6 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedJob | No
     FOR UPDATE SKIP LOCKED; SQLite (where SQLAlchemy drops FOR UPDATE) runs the compare-and-set
     UPDATE ... RETURNING inside BEGIN IMMEDIATE, which holds the database's write lock.
     """
-    _fail_exhausted(db)
     now = utcnow()
     candidate = (
         select(Job.id)
@@ -113,6 +112,7 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedJob | No
     with db.session(immediate=True) as session:
         row = session.execute(statement).one_or_none()
         if row is None:
+            _fail_exhausted(session, now)
             return None
         topic_name = session.scalar(select(Topic.name).where(Topic.id == row.topic_id)) or ""
         kind = "claimed" if row.attempts == 1 else "retried"
@@ -121,29 +121,30 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedJob | No
     return ClaimedJob(row.id, row.topic_id, topic_name, dict(row.options or {}), row.attempts)
 
 
-def _fail_exhausted(db: Database) -> None:
-    """Jobs whose worker died on their last attempt end failed instead of waiting forever."""
-    now = utcnow()
-    with db.session(immediate=True) as session:
-        exhausted = session.scalars(
-            update(Job)
-            .where(
-                Job.status == JobStatus.RUNNING,
-                Job.lease_expires_at < now,
-                Job.attempts >= Job.max_attempts,
-            )
-            .values(
-                status=JobStatus.FAILED,
-                finished_at=now,
-                locked_by=None,
-                error=func.coalesce(Job.error, "the worker stopped responding on the last attempt"),
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        ).all()
-        for job_id in exhausted:
-            record_event(session, job_id, "failed", error="lease expired on the last attempt")
-            log.info("job %s failed: lease expired on the last attempt", job_id)
+def _fail_exhausted(session: Session, now: datetime) -> None:
+    """Jobs whose worker died on their last attempt end failed instead of waiting forever.
+
+    Idle claimers sweep for them: they are never claimable, so nothing else waits on them.
+    """
+    exhausted = session.scalars(
+        update(Job)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            Job.lease_expires_at < now,
+            Job.attempts >= Job.max_attempts,
+        )
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=now,
+            locked_by=None,
+            error=func.coalesce(Job.error, "the worker stopped responding on the last attempt"),
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for job_id in exhausted:
+        record_event(session, job_id, "failed", error="lease expired on the last attempt")
+        log.info("job %s failed: lease expired on the last attempt", job_id)
 
 
 def _fenced(job_id: str, worker_id: str) -> Any:

@@ -1,0 +1,111 @@
+"""Claim throughput of the training queue: jobs claimed per second by 8 competing claimer
+processes (no training), beside 1 claimer on the same backend in the same run.
+
+    .venv/bin/python -m bench.claim_throughput [--jobs 400] [--claimers 8]
+
+Runs on SQLite (a temporary file) and on PostgreSQL (a temporary database at
+LORAMEM_TEST_POSTGRES_URL, default postgres@127.0.0.1:5432); writes bench/results/claims.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from server.registry import queue
+from server.registry.db import Database
+from server.registry.migrate import upgrade
+from server.registry.models import Topic
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite:///{folder}/claims.db"
+        return
+    name = f"loramem_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _fill(url: str, jobs: int) -> None:
+    upgrade(url)
+    db = Database(url)
+    with db.session() as session:
+        topic = Topic(name="bench")
+        session.add(topic)
+        session.flush()
+        for _ in range(jobs):
+            queue.enqueue(session, topic, {}, max_attempts=1)
+    db.dispose()
+
+
+def _claim_all(url: str, worker: str, start: multiprocessing.synchronize.Event) -> list[str]:
+    db = Database(url)
+    start.wait()
+    claimed = []
+    while (job := queue.claim(db, worker, lease_seconds=600)) is not None:
+        claimed.append(job.id)
+    db.dispose()
+    return claimed
+
+
+def measure(url: str, jobs: int, claimers: int) -> float:
+    _fill(url, jobs)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        start = manager.Event()
+        with context.Pool(claimers) as pool:
+            results = [pool.apply_async(_claim_all, (url, f"w{n}", start)) for n in range(claimers)]
+            time.sleep(2)  # every process connected and waiting
+            began = time.perf_counter()
+            start.set()
+            claimed = [job for result in results for job in result.get(timeout=600)]
+            elapsed = time.perf_counter() - began
+    assert len(claimed) == len(set(claimed)) == jobs, "a job was claimed twice or lost"
+    return jobs / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--claimers", type=int, default=8)
+    args = parser.parse_args()
+    results = {}
+    for backend in ("sqlite", "postgresql"):
+        rates = {}
+        for claimers in (1, args.claimers):
+            with database(backend) as url:
+                rates[claimers] = measure(url, args.jobs, claimers)
+        ratio = rates[args.claimers] / rates[1]
+        results[backend] = {"claims_per_s": rates, "ratio": ratio}
+        print(
+            f"{backend}: {rates[args.claimers]:.0f} claims/s with {args.claimers} claimers, "
+            f"{rates[1]:.0f} with 1; ratio {ratio:.2f}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "claims.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
