@@ -14,9 +14,10 @@ QA = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    # No worker: jobs stay queued, so what /memorize stored can be inspected as it was.
-    return settings.model_copy(update={"embedded_worker": False})
+def settings(settings: Settings, database_url: str) -> Settings:
+    # On SQLite and PostgreSQL. No worker: jobs stay queued, so what /memorize stored can be
+    # inspected as it was.
+    return settings.model_copy(update={"embedded_worker": False, "database_url": database_url})
 
 
 async def test_memorize_answers_202_and_stores_the_knowledge(client: httpx.AsyncClient) -> None:

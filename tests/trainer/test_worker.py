@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -50,12 +52,7 @@ def test_a_stopping_worker_hands_back_its_job_mid_training(settings: Settings) -
     worker = TrainerWorker(settings, db)
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
-    for _ in range(600):
-        with db.session() as session:
-            job = session.get(Job, job_id)
-            if job is not None and job.step > 0:
-                break
-        stop.wait(0.05)
+    assert _wait(lambda: _job(db, job_id).step > 0)
     stop.set()
     thread.join(timeout=60)
     assert not thread.is_alive()
@@ -80,3 +77,45 @@ def test_an_unwritable_adapter_store_fails_the_job_before_training(settings: Set
         assert job is not None and job.status == "failed" and job.step == 0
         assert job.error == "the adapter store is not writable (NotADirectoryError)"
     db.dispose()
+
+
+def test_cancelling_a_running_job_stops_its_training(settings: Settings) -> None:
+    db, job_id = _setup(settings, steps=100_000)
+    stop = threading.Event()
+    thread = threading.Thread(target=TrainerWorker(settings, db).run, args=(stop,))
+    thread.start()
+    try:
+        assert _wait(lambda: _job(db, job_id).step > 0)
+        with db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            queue.cancel(session, job)
+            topic = session.scalars(select(Topic)).one()
+            next_job = queue.enqueue(session, topic, {"steps": 2}, max_attempts=1).id
+        # The worker can only get to the next job by dropping the 100 000-step one.
+        assert _wait(lambda: _job(db, next_job).status == "succeeded")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    cancelled = _job(db, job_id)
+    assert cancelled.status == "cancelled" and cancelled.adapter_version is None
+    with db.session() as session:
+        versions = session.scalars(select(Topic)).one().versions
+        assert [v.job_id for v in versions] == [next_job]
+    db.dispose()
+
+
+def _job(db: Database, job_id: str) -> Job:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
