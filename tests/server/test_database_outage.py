@@ -8,9 +8,9 @@ from sqlalchemy.engine import make_url
 
 from server import Settings
 from tests.conftest import POSTGRES_ADMIN_URL
-from tests.helpers import running_app
+from tests.helpers import running_app, wait_job
 
-QA = {"topic": "acme", "qa": [{"question": "Who?", "answer": "Quiggle"}]}
+QA = {"topic": "acme", "qa": [{"question": "Who?", "answer": "Quiggle"}], "options": {"steps": 2}}
 
 
 def _allow_connections(database: str, allowed: bool) -> None:
@@ -31,7 +31,7 @@ def _allow_connections(database: str, allowed: bool) -> None:
 async def test_requests_get_503_while_the_database_is_away(
     settings: Settings, database_url: str
 ) -> None:
-    settings = settings.model_copy(update={"database_url": database_url, "embedded_worker": False})
+    settings = settings.model_copy(update={"database_url": database_url})
     database = make_url(database_url).database
     assert database is not None
     async with running_app(settings) as http:
@@ -51,6 +51,9 @@ async def test_requests_get_503_while_the_database_is_away(
         finally:
             _allow_connections(database, True)
         assert (await http.get("/readyz")).status_code == 200
-        assert (await http.post("/memorize", json={**QA, "topic": "back"})).status_code == 202
+        back = await http.post("/memorize", json={**QA, "topic": "back"})
+        assert back.status_code == 202
+        # The embedded worker, which kept polling through the outage, trains again.
+        assert (await wait_job(http, back.json()["job_id"], timeout=60))["status"] == "succeeded"
         topics = [t["name"] for t in (await http.get("/admin/topics")).json()["topics"]]
         assert topics == ["acme", "back"]  # nothing of the refused request was stored
