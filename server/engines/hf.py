@@ -286,7 +286,14 @@ class HFEngine(Engine):
             self._resident.move_to_end(adapter.name)
             return
         while len(self._resident) >= self.max_resident_adapters:
-            victim = next((name for name in self._resident if name not in pinned), None)
+            victim = next(
+                (
+                    name
+                    for name, resident in self._resident.items()
+                    if name not in pinned and not resident.pinned
+                ),
+                None,
+            )
             if victim is None:
                 break
             self._unload(victim, reason="evicted")
