@@ -13,7 +13,8 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY trainer_worker ./trainer_worker
 COPY migrations ./migrations
-RUN pip install .
+# The vLLM engine (CUDA build) for the server; workers use the same image and ignore it.
+RUN pip install '.[vllm]'
 
 RUN useradd --create-home --uid 10001 loramem && mkdir -p /data && chown loramem /data
 USER loramem

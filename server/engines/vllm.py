@@ -10,6 +10,9 @@ batch, `max_cpu_loras` kept in memory). What this module adds, from traps measur
 - `add_lora()` on an id already loaded keeps the old weights: every version has its own id (the
   registry's row id), so a new version never reuses one.
 - A replaced adapter is removed only when no request in flight uses it.
+- `pin_lora()` takes a batch slot that the scheduler still hands out: a batch with `max_loras`
+  other adapters then fails with a KeyError that kills the engine. Nothing is pinned; the zero
+  adapter gets a slot of its own instead (`max_loras + 1`).
 """
 
 from __future__ import annotations
@@ -141,8 +144,8 @@ class VLLMEngine(Engine):
             tokenizer=str(self.model_path),
             dtype="auto" if on_gpu else "float32",
             enable_lora=True,
-            max_loras=self.max_loras,
-            max_cpu_loras=max(self.max_cpu_loras, self.max_loras),
+            max_loras=self.max_loras + 1,  # the zero adapter's own slot
+            max_cpu_loras=max(self.max_cpu_loras, self.max_loras + 1),
             max_lora_rank=_supported_rank(self.max_lora_rank),
             max_model_len=self._max_model_len,
             max_num_seqs=self.max_num_seqs,
@@ -155,7 +158,6 @@ class VLLMEngine(Engine):
         self._zero = LoRARequest(ZERO_ADAPTER_NAME, ZERO_ADAPTER_ID, str(zero_path))
         if not await self._engine.add_lora(self._zero):
             raise EngineError("the zero adapter could not be loaded")
-        await self._engine.pin_lora(ZERO_ADAPTER_ID)
         log.info("vllm engine ready in %.1fs", time.monotonic() - started)
 
     async def shutdown(self) -> None:
@@ -194,7 +196,8 @@ class VLLMEngine(Engine):
             if not loaded:
                 raise AdapterLoadError(f"adapter {adapter.name} could not be loaded")
             if adapter.pinned:
-                await self._engine.pin_lora(adapter.lora_id)
+                # Not pin_lora() (see above): never removed by us, and vLLM reloads it from its
+                # verified folder should its own cache evict it.
                 self._pinned.add(adapter.name)
             self._loaded[adapter.name] = request
             log.info(

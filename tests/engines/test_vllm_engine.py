@@ -169,3 +169,13 @@ async def test_greedy_outputs_agree_with_the_hf_engine(
                 assert ours.token_ids == theirs.token_ids
     finally:
         await hf.shutdown()
+
+
+async def test_a_batch_with_base_and_max_loras_adapters_runs(
+    engine: VLLMEngine, adapters: list[LoRAAdapter]
+) -> None:
+    # max_loras=4 distinct adapters and base rows (the zero adapter) in one batch.
+    jobs = [_run(engine, PROMPT, a, request_id=f"full-{a.name}") for a in adapters]
+    jobs += [_run(engine, PROMPT, None, request_id=f"full-base-{n}") for n in range(2)]
+    outputs = await asyncio.gather(*jobs)
+    assert all(output.finished for output in outputs)
