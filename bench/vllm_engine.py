@@ -148,10 +148,10 @@ async def ours(
     fresh = LoRAAdapter("fresh", 99, adapters[0], 8)
     began = time.perf_counter()
     await engine.add_adapter(fresh)
-    async for _ in engine.generate("swap", workloads["base"][0][0], params, fresh):
-        result["add_to_first_token_s"] = time.perf_counter() - began
-        break
-    await engine.abort("swap")
+    outputs = engine.generate("swap", workloads["base"][0][0], params, fresh)
+    await anext(outputs)
+    result["add_to_first_token_s"] = time.perf_counter() - began
+    await outputs.aclose()  # aborts the rest of it
     result["peak_rss_gib"] = peak_rss_gib()
     await engine.shutdown()
     return result

@@ -95,7 +95,13 @@ class HFEngine(Engine):
         self._thread: threading.Thread | None = None
         self._stopping = False
         # Counters for operators and tests: batches decoded, requests served, adapter loads.
-        self.stats = {"batches": 0, "requests": 0, "adapter_loads": 0, "adapter_evictions": 0}
+        self.stats = {
+            "batches": 0,
+            "requests": 0,
+            "aborted": 0,
+            "adapter_loads": 0,
+            "adapter_evictions": 0,
+        }
 
     @property
     def tokenizer(self) -> Any:
@@ -230,6 +236,7 @@ class HFEngine(Engine):
         while self._pending and len(batch) < self.max_batch_size:
             request = self._pending.popleft()
             if request.aborted:
+                self.stats["aborted"] += 1
                 request.emit(request.output(None, finished=True))
                 continue
             name = request.adapter.name if request.adapter else None
@@ -279,6 +286,7 @@ class HFEngine(Engine):
                 request.emit(EngineError(f"generation failed: {type(error).__name__}"))
             return
         for request, row in zip(ready, rows, strict=True):
+            self.stats["aborted"] += row.finish_reason == "abort"
             request.emit(request.output(row, finished=True))
 
     def _ensure_resident(self, adapter: LoRAAdapter, pinned: set[str]) -> None:

@@ -276,7 +276,7 @@ class VLLMEngine(Engine):
         except Exception as error:  # e.g. vLLM's EngineDeadError
             raise EngineError(f"generation failed: {type(error).__name__}") from error
         finally:
-            if not finished:
+            if not finished and self._engine is not None:
                 await self._engine.abort(request_id)
             self._in_flight[name] -= 1
             if self._retired:

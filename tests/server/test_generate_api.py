@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -181,3 +182,47 @@ async def test_a_prompt_longer_than_the_model_takes_is_a_400(client: httpx.Async
     assert (
         await client.post("/generate", json={"prompt": "hi", "max_tokens": 2})
     ).status_code == 200
+
+
+async def test_a_client_that_goes_away_stops_using_the_engine(settings: Settings) -> None:
+    settings = settings.model_copy(update={"max_new_tokens": 1000})
+    async with running_app(settings) as http:
+        app = http._transport.app  # type: ignore[attr-defined]
+        body = json.dumps({"prompt": "Tell me a long story.", "max_tokens": 1000}).encode()
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+        sent: list[dict] = []
+
+        hang_up_at = time.monotonic() + 0.3
+
+        async def receive() -> dict:  # like a server's: the disconnect is there once it happened
+            message = next(messages, None)
+            if message is not None:
+                return message
+            while time.monotonic() < hang_up_at:
+                await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/generate",
+            "raw_path": b"/generate",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+            "server": ("loramem.test", 80),
+            "client": ("127.0.0.1", 1234),
+            "scheme": "http",
+        }
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 499
+        for _ in range(100):  # the engine notices at its next decoding step
+            stats = (await http.get("/admin/engine")).json()["stats"]
+            if stats["aborted"]:
+                break
+            await asyncio.sleep(0.05)
+        assert stats["aborted"] == 1 and stats["requests"] == 1
