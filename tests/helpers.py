@@ -17,6 +17,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from server import Settings, create_app
+from server.engines import Engine, GenerationOutput, LoRAAdapter, SamplingParams
 
 
 @asynccontextmanager
@@ -77,3 +78,24 @@ def wait_http_ready(base_url: str, process: subprocess.Popen[bytes], timeout: fl
             pass
         time.sleep(0.2)
     raise AssertionError(f"{base_url} not ready in {timeout} s")
+
+
+# Token ids the tiny model's tokenizer knows; two prompts for engine-level tests.
+PROMPT = [1, 9690, 198, 2683, 359, 253, 5356]
+OTHER_PROMPT = [1, 4093, 2, 198, 1115]
+
+
+async def generate_all(
+    engine: Engine,
+    prompt: list[int],
+    adapter: LoRAAdapter | None = None,
+    request_id: str = "r",
+    max_tokens: int = 8,
+) -> GenerationOutput:
+    """Runs one request through an engine to its end; returns the final output."""
+    last = None
+    params = SamplingParams(max_tokens=max_tokens)
+    async for output in engine.generate(request_id, prompt, params, adapter):
+        last = output
+    assert last is not None and last.finished
+    return last

@@ -12,9 +12,7 @@ import pytest
 from server.adapter_store import StoredAdapter
 from server.engines import AdapterLoadError, GenerationOutput, LoRAAdapter, SamplingParams
 from server.engines.hf import HFEngine
-
-PROMPT = [1, 9690, 198, 2683, 359, 253, 5356]
-OTHER_PROMPT = [1, 4093, 2, 198, 1115]
+from tests.helpers import OTHER_PROMPT, PROMPT, generate_all
 
 
 @pytest.fixture
@@ -34,37 +32,21 @@ def adapters(make_adapter: Callable[..., StoredAdapter]) -> list[LoRAAdapter]:
     ]
 
 
-async def _run(
-    engine: HFEngine,
-    prompt: list[int],
-    adapter: LoRAAdapter | None = None,
-    request_id: str = "r",
-    max_tokens: int = 8,
-) -> GenerationOutput:
-    last = None
-    async for output in engine.generate(
-        request_id, prompt, SamplingParams(max_tokens=max_tokens), adapter
-    ):
-        last = output
-    assert last is not None and last.finished
-    return last
-
-
 async def test_mixed_batch_gives_every_row_its_own_adapter(
     engine: HFEngine, adapters: list[LoRAAdapter]
 ) -> None:
     a1, a2 = adapters[0], adapters[1]
     alone = [
-        (await _run(engine, PROMPT)).token_ids,
-        (await _run(engine, PROMPT, a1)).token_ids,
-        (await _run(engine, OTHER_PROMPT, a2)).token_ids,
+        (await generate_all(engine, PROMPT)).token_ids,
+        (await generate_all(engine, PROMPT, a1)).token_ids,
+        (await generate_all(engine, OTHER_PROMPT, a2)).token_ids,
     ]
     assert alone[0] != alone[1], "the adapter must change the output for this test to mean anything"
     served_before = engine.stats["batches"]
     mixed = await asyncio.gather(
-        _run(engine, PROMPT, request_id="base"),
-        _run(engine, PROMPT, a1, request_id="one"),
-        _run(engine, OTHER_PROMPT, a2, request_id="two"),
+        generate_all(engine, PROMPT, request_id="base"),
+        generate_all(engine, PROMPT, a1, request_id="one"),
+        generate_all(engine, OTHER_PROMPT, a2, request_id="two"),
     )
     assert [output.token_ids for output in mixed] == alone
     assert engine.stats["batches"] == served_before + 1, "concurrent requests share one batch"
@@ -73,12 +55,12 @@ async def test_mixed_batch_gives_every_row_its_own_adapter(
 async def test_resident_adapters_are_bounded_least_recently_used_first(
     engine: HFEngine, adapters: list[LoRAAdapter]
 ) -> None:
-    first = (await _run(engine, PROMPT, adapters[0])).token_ids
-    await _run(engine, PROMPT, adapters[1])
-    await _run(engine, PROMPT, adapters[2])
+    first = (await generate_all(engine, PROMPT, adapters[0])).token_ids
+    await generate_all(engine, PROMPT, adapters[1])
+    await generate_all(engine, PROMPT, adapters[2])
     assert engine.resident_adapters() == ["a2", "a3"]
     # An evicted adapter loads again on demand, with the same weights.
-    assert (await _run(engine, PROMPT, adapters[0])).token_ids == first
+    assert (await generate_all(engine, PROMPT, adapters[0])).token_ids == first
     assert engine.resident_adapters() == ["a3", "a1"]
 
 
@@ -100,7 +82,7 @@ async def test_abort_stops_a_request_and_leaves_others_alone(engine: HFEngine) -
         return [o async for o in outputs][-1]
 
     aborted, other = await asyncio.gather(
-        abort_after_first_output(), _run(engine, OTHER_PROMPT, request_id="other")
+        abort_after_first_output(), generate_all(engine, OTHER_PROMPT, request_id="other")
     )
     assert aborted.finish_reason == "abort" and len(aborted.token_ids) < 400
     assert other.finished and other.finish_reason != "abort"
@@ -109,7 +91,7 @@ async def test_abort_stops_a_request_and_leaves_others_alone(engine: HFEngine) -
 async def test_a_bad_adapter_fails_cleanly_and_the_engine_keeps_serving(
     engine: HFEngine, tmp_path: Path, adapters: list[LoRAAdapter]
 ) -> None:
-    base_before = (await _run(engine, PROMPT)).token_ids
+    base_before = (await generate_all(engine, PROMPT)).token_ids
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text(
@@ -118,12 +100,12 @@ async def test_a_bad_adapter_fails_cleanly_and_the_engine_keeps_serving(
     (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(AdapterLoadError):  # as the first adapter, and beside a loaded one
         await engine.add_adapter(LoRAAdapter("broken", 99, broken, 4))
-    with_adapter = (await _run(engine, PROMPT, adapters[0])).token_ids
+    with_adapter = (await generate_all(engine, PROMPT, adapters[0])).token_ids
     with pytest.raises(AdapterLoadError):
         await engine.add_adapter(LoRAAdapter("broken", 99, broken, 4))
     assert engine.resident_adapters() == ["a1"]
-    assert (await _run(engine, PROMPT)).token_ids == base_before
-    assert (await _run(engine, PROMPT, adapters[0])).token_ids == with_adapter
+    assert (await generate_all(engine, PROMPT)).token_ids == base_before
+    assert (await generate_all(engine, PROMPT, adapters[0])).token_ids == with_adapter
 
 
 async def test_sampling_with_a_seed_is_reproducible(engine: HFEngine) -> None:

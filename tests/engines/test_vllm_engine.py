@@ -16,14 +16,12 @@ import pytest
 import pytest_asyncio
 
 from server.adapter_store import StoredAdapter
-from server.engines import AdapterLoadError, GenerationOutput, LoRAAdapter, SamplingParams
+from server.engines import AdapterLoadError, LoRAAdapter, SamplingParams
 from server.engines.hf import HFEngine
 from server.engines.vllm import VLLMEngine
+from tests.helpers import OTHER_PROMPT, PROMPT, generate_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
-
-PROMPT = [1, 9690, 198, 2683, 359, 253, 5356]
-OTHER_PROMPT = [1, 4093, 2, 198, 1115]
 
 
 @pytest.fixture(scope="module")
@@ -57,30 +55,17 @@ def adapters(make_adapter: Callable[..., StoredAdapter]) -> list[LoRAAdapter]:
     ]
 
 
-async def _run(
-    engine: VLLMEngine | HFEngine,
-    prompt: list[int],
-    adapter: LoRAAdapter | None = None,
-    request_id: str = "r",
-    max_tokens: int = 8,
-) -> GenerationOutput:
-    last = None
-    params = SamplingParams(max_tokens=max_tokens)
-    async for output in engine.generate(request_id, prompt, params, adapter):
-        last = output
-    assert last is not None and last.finished
-    return last
-
-
 async def test_base_requests_are_not_corrupted_by_mixed_batches(
     engine: VLLMEngine, adapters: list[LoRAAdapter]
 ) -> None:
-    before_any_adapter = (await _run(engine, PROMPT, request_id="b0", max_tokens=24)).token_ids
+    before_any_adapter = (
+        await generate_all(engine, PROMPT, request_id="b0", max_tokens=24)
+    ).token_ids
     for adapter in adapters[:3]:
         await engine.add_adapter(adapter)
     alone = {
         a.name: (
-            await _run(engine, PROMPT, a, request_id=f"alone-{a.name}", max_tokens=24)
+            await generate_all(engine, PROMPT, a, request_id=f"alone-{a.name}", max_tokens=24)
         ).token_ids
         for a in adapters[:3]
     }
@@ -89,7 +74,7 @@ async def test_base_requests_are_not_corrupted_by_mixed_batches(
     jobs = []
     for n in range(12):
         adapter = None if n % 4 == 0 else adapters[n % 4 - 1]
-        jobs.append(_run(engine, PROMPT, adapter, request_id=f"mixed-{n}", max_tokens=24))
+        jobs.append(generate_all(engine, PROMPT, adapter, request_id=f"mixed-{n}", max_tokens=24))
     outputs = await asyncio.gather(*jobs)
     for n, output in enumerate(outputs):
         expected = before_any_adapter if n % 4 == 0 else alone[adapters[n % 4 - 1].name]
@@ -101,7 +86,7 @@ async def test_a_new_version_swaps_in_under_load_without_failures(
 ) -> None:
     old, new = adapters[0], adapters[3]
     await engine.add_adapter(old)
-    expected_old = (await _run(engine, OTHER_PROMPT, old, request_id="o")).token_ids
+    expected_old = (await generate_all(engine, OTHER_PROMPT, old, request_id="o")).token_ids
     current = old
     results: list[tuple[str, list[int]]] = []
     stop = asyncio.Event()
@@ -110,7 +95,9 @@ async def test_a_new_version_swaps_in_under_load_without_failures(
         count = 0
         while not stop.is_set():
             adapter = current
-            output = await _run(engine, OTHER_PROMPT, adapter, request_id=f"load-{n}-{count}")
+            output = await generate_all(
+                engine, OTHER_PROMPT, adapter, request_id=f"load-{n}-{count}"
+            )
             results.append((adapter.name, output.token_ids))
             count += 1
 
@@ -122,7 +109,7 @@ async def test_a_new_version_swaps_in_under_load_without_failures(
     await asyncio.sleep(0.5)
     stop.set()
     await asyncio.gather(*clients)
-    expected_new = (await _run(engine, OTHER_PROMPT, new, request_id="n")).token_ids
+    expected_new = (await generate_all(engine, OTHER_PROMPT, new, request_id="n")).token_ids
     assert expected_new != expected_old
     assert {name for name, _ in results} == {old.name, new.name}
     for name, tokens in results:
@@ -137,7 +124,7 @@ async def test_abort_stops_a_request(engine: VLLMEngine) -> None:
     rest = [output async for output in outputs]
     assert rest[-1].finished and rest[-1].finish_reason == "abort"
     assert len(rest[-1].token_ids) < 400
-    assert (await _run(engine, PROMPT, request_id="after-abort")).finished
+    assert (await generate_all(engine, PROMPT, request_id="after-abort")).finished
 
 
 async def test_a_bad_adapter_fails_cleanly_and_the_engine_keeps_serving(
@@ -152,7 +139,7 @@ async def test_a_bad_adapter_fails_cleanly_and_the_engine_keeps_serving(
     with pytest.raises(AdapterLoadError):
         await engine.add_adapter(LoRAAdapter("broken", 999, broken, 4))
     assert "broken" not in engine.resident_adapters()
-    assert (await _run(engine, PROMPT, adapters[1], request_id="still-up")).finished
+    assert (await generate_all(engine, PROMPT, adapters[1], request_id="still-up")).finished
     assert engine.describe()["engine"] == "vllm"
 
 
@@ -164,8 +151,10 @@ async def test_greedy_outputs_agree_with_the_hf_engine(
     try:
         for adapter in (None, adapters[2]):
             for prompt in (PROMPT, OTHER_PROMPT):
-                ours = await _run(hf, prompt, adapter, request_id="hf", max_tokens=12)
-                theirs = await _run(engine, prompt, adapter, request_id="vllm", max_tokens=12)
+                ours = await generate_all(hf, prompt, adapter, request_id="hf", max_tokens=12)
+                theirs = await generate_all(
+                    engine, prompt, adapter, request_id="vllm", max_tokens=12
+                )
                 assert ours.token_ids == theirs.token_ids
     finally:
         await hf.shutdown()
@@ -175,7 +164,7 @@ async def test_a_batch_with_base_and_max_loras_adapters_runs(
     engine: VLLMEngine, adapters: list[LoRAAdapter]
 ) -> None:
     # max_loras=4 distinct adapters and base rows (the zero adapter) in one batch.
-    jobs = [_run(engine, PROMPT, a, request_id=f"full-{a.name}") for a in adapters]
-    jobs += [_run(engine, PROMPT, None, request_id=f"full-base-{n}") for n in range(2)]
+    jobs = [generate_all(engine, PROMPT, a, request_id=f"full-{a.name}") for a in adapters]
+    jobs += [generate_all(engine, PROMPT, None, request_id=f"full-base-{n}") for n in range(2)]
     outputs = await asyncio.gather(*jobs)
     assert all(output.finished for output in outputs)
