@@ -17,10 +17,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 
+from server.activity import ActivityMiddleware, RequestLog
 from server.base_model import resolve_base_model
 from server.config import Settings
-from server.dependencies import require_admin_key, require_api_key
+from server.dependencies import require_api_key
 from server.engines import Engine, create_engine
 from server.errors import install_error_handlers
 from server.registry.db import Database
@@ -58,12 +60,13 @@ def create_app(
     settings: Settings | None = None, engine_factory: EngineFactory = create_engine
 ) -> FastAPI:
     settings = settings or Settings()
+    requests = RequestLog()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade, settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
-        state = AppState(settings, db, MemoryService(settings, db))
+        state = AppState(settings, db, MemoryService(settings, db), requests)
         app.state.loramem = state
         state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         worker: tuple[threading.Thread, threading.Event] | None = None
@@ -106,5 +109,8 @@ def create_app(
     app.include_router(memorize.router, dependencies=user)
     app.include_router(jobs.router, dependencies=user)
     app.include_router(generate.router, dependencies=user)
-    app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
+    app.include_router(admin.page)
+    app.include_router(admin.router)
+    app.mount("/static", StaticFiles(directory=admin.STATIC), name="static")
+    app.add_middleware(ActivityMiddleware, log=requests)
     return app

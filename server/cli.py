@@ -22,9 +22,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     host = args.host or settings.host
     port = args.port or settings.port
-    if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("loramem.server").warning(
+    log = logging.getLogger("loramem.server")
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if settings.api_key is None and not loopback:
+        log.warning(
             "serving on %s without LORAMEM_API_KEY: anyone who can reach it can use it", host
+        )
+    elif settings.api_key is None and settings.admin_api_key is None:
+        log.info(
+            "no API keys set: listening on %s (loopback) only; set keys to serve further", host
         )
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from server.activity import RequestLog
 from server.config import Settings
 from server.engines import Engine
 from server.registry.db import Database
@@ -18,6 +19,7 @@ class AppState:
     settings: Settings
     db: Database
     memory: MemoryService
+    requests: RequestLog
     engine: Engine | None = None
     router: AdapterRouter | None = None
     generation: GenerationService | None = None

@@ -99,3 +99,10 @@ async def generate_all(
         last = output
     assert last is not None and last.finished
     return last
+
+
+async def wait_active(client: httpx.AsyncClient, topic: str, version: int) -> None:
+    """Until this server serves `version` of `topic` (it notices publishes by polling)."""
+    with anyio.fail_after(10):
+        while (await client.get("/admin/engine")).json()["active_versions"].get(topic) != version:
+            await anyio.sleep(0.05)

@@ -34,7 +34,8 @@ from trainer_worker.training_data import Knowledge, build_training_set
 
 log = logging.getLogger("loramem.worker")
 
-PROGRESS_EVENT_EVERY = 10
+# Progress events (the dashboard's loss curve) per job, whatever its length.
+PROGRESS_EVENTS_PER_JOB = 50
 _ABSOLUTE_PATH = re.compile(r"(/[\w.\-]+){2,}")
 
 
@@ -136,7 +137,7 @@ class TrainerWorker:
             nonlocal last_beat
             if self._stop.is_set():
                 raise WorkerStopping
-            event = step % PROGRESS_EVENT_EVERY == 0 or step == total
+            event = step % max(1, total // PROGRESS_EVENTS_PER_JOB) == 0 or step == total
             now = time.monotonic()
             if event or now - last_beat > 1.0 or step == 1:
                 queue.heartbeat(

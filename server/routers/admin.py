@@ -1,99 +1,81 @@
-"""Admin JSON API: topics with their versions, jobs, the engine."""
+"""Admin: the dashboard page and its JSON API (topics, versions, jobs, the engine, activity)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 
-from server.dependencies import State
-from server.errors import APIError, not_found
-from server.registry.models import AdapterVersion, Document, Job, Topic
-from server.schemas import JobResponse
-from server.services.memory import job_response
+from server.dependencies import State, require_admin_key
+from server.errors import APIError
+from server.schemas import JobResponse, TopicName
+from server.services.topics import TopicService
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+STATIC = Path(__file__).resolve().parent.parent / "static"
 
-
-def _topic_summary(topic: Topic, documents: int) -> dict[str, Any]:
-    return {
-        "name": topic.name,
-        "active_version": topic.active_version,
-        "versions": len(topic.versions),
-        "documents": documents,
-        "created_at": topic.created_at,
-        "updated_at": topic.updated_at,
-    }
+# The page holds no data and asks for the admin key itself; everything it shows comes from the
+# JSON routes below, which need the key.
+page = APIRouter(tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
-def _version(version: AdapterVersion, active: int | None) -> dict[str, Any]:
-    return {
-        "version": version.version,
-        "active": version.version == active,
-        "recall": version.recall,
-        "rank": version.rank,
-        "sha256": version.sha256,
-        "size_bytes": version.size_bytes,
-        "job_id": version.job_id,
-        "created_at": version.created_at,
-    }
+@page.get("/admin", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    return FileResponse(STATIC / "admin.html", headers={"Cache-Control": "no-store"})
+
+
+def get_topics(state: State) -> TopicService:
+    return TopicService(state.settings, state.db)
+
+
+Topics = Annotated[TopicService, Depends(get_topics)]
+
+
+class ActivateRequest(BaseModel):
+    version: int = Field(ge=1)
+
+
+async def _refresh_routes(state: Any) -> None:
+    """Apply a change to this server at once; other servers notice it at their next poll."""
+    if state.router is not None:
+        await state.router.refresh()
 
 
 @router.get("/topics")
-async def list_topics(state: State) -> dict[str, Any]:
-    def load() -> list[dict[str, Any]]:
-        with state.db.session() as session:
-            counts = dict(
-                session.execute(
-                    select(Document.topic_id, func.count()).group_by(Document.topic_id)
-                ).all()
-            )
-            topics = session.scalars(select(Topic).order_by(Topic.name)).all()
-            return [_topic_summary(topic, counts.get(topic.id, 0)) for topic in topics]
-
-    return {"topics": await asyncio.to_thread(load)}
+async def list_topics(topics: Topics) -> dict[str, Any]:
+    return {"topics": await asyncio.to_thread(topics.summaries)}
 
 
 @router.get("/topics/{name}")
-async def get_topic(name: str, state: State) -> dict[str, Any]:
-    def load() -> dict[str, Any]:
-        with state.db.session() as session:
-            topic = session.scalars(select(Topic).where(Topic.name == name)).one_or_none()
-            if topic is None:
-                raise not_found("topic")
-            documents = [
-                {
-                    "id": d.id,
-                    "kind": d.kind,
-                    "question": d.question,
-                    "answer": d.answer,
-                    "text": d.text,
-                }
-                for d in topic.documents
-            ]
-            return {
-                **_topic_summary(topic, len(documents)),
-                "documents": documents,
-                "versions": [_version(v, topic.active_version) for v in topic.versions],
-            }
+async def get_topic(name: TopicName, topics: Topics) -> dict[str, Any]:
+    return await asyncio.to_thread(topics.detail, name)
 
-    return await asyncio.to_thread(load)
+
+@router.post("/topics/{name}/activate")
+async def activate(
+    name: TopicName, body: ActivateRequest, topics: Topics, state: State
+) -> dict[str, Any]:
+    detail = await asyncio.to_thread(topics.activate, name, body.version)
+    await _refresh_routes(state)
+    return detail
+
+
+@router.delete("/topics/{name}")
+async def forget(name: TopicName, topics: Topics, state: State) -> dict[str, Any]:
+    forgotten = await asyncio.to_thread(topics.forget, name)
+    await _refresh_routes(state)
+    return forgotten
 
 
 @router.get("/jobs")
 async def list_jobs(
-    state: State, limit: int = Query(50, ge=1, le=500), status: str | None = None
+    topics: Topics, limit: int = Query(50, ge=1, le=500), status: str | None = None
 ) -> dict[str, list[JobResponse]]:
-    def load() -> list[JobResponse]:
-        with state.db.session() as session:
-            query = select(Job, Topic.name).join(Topic).order_by(Job.created_at.desc()).limit(limit)
-            if status is not None:
-                query = query.where(Job.status == status)
-            return [job_response(job, topic) for job, topic in session.execute(query).all()]
-
-    return {"jobs": await asyncio.to_thread(load)}
+    return {"jobs": await asyncio.to_thread(topics.jobs, limit, status)}
 
 
 @router.get("/engine")
@@ -105,4 +87,20 @@ async def engine(state: State) -> dict[str, Any]:
         **state.engine.describe(),
         "base_model": state.settings.base_model,
         "active_versions": {topic: a.version for topic, a in sorted(active.items())},
+        "memory_rss_bytes": _rss_bytes(),
     }
+
+
+@router.get("/activity")
+async def activity(state: State) -> dict[str, Any]:
+    return state.requests.snapshot()
+
+
+def _rss_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

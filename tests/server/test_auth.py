@@ -35,6 +35,9 @@ async def test_health_needs_no_key(keyed: httpx.AsyncClient) -> None:
         ("GET", "/jobs/some-job", None),
         ("GET", "/admin/topics", None),
         ("GET", "/admin/engine", None),
+        ("GET", "/admin/activity", None),
+        ("POST", "/admin/topics/acme/activate", {"version": 1}),
+        ("DELETE", "/admin/topics/acme", None),
     ],
 )
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from server import Settings
-from tests.helpers import running_app, wait_job
+from tests.helpers import running_app, wait_active, wait_job
 
 QA = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
 MORE_QA = [{"question": "Which city hosts the Vendrell Cup?", "answer": "Talvenna"}]
@@ -22,15 +22,6 @@ async def _memorize(client: httpx.AsyncClient, topic: str, qa: list[dict[str, st
     response = await client.post("/memorize", json={"topic": topic, "qa": qa, "options": LEARN})
     assert response.status_code == 202
     return await wait_job(client, response.json()["job_id"])
-
-
-async def _wait_active(client: httpx.AsyncClient, topic: str, version: int) -> None:
-    for _ in range(200):
-        engine = (await client.get("/admin/engine")).json()
-        if engine["active_versions"].get(topic) == version:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{topic} v{version} never became active")
 
 
 async def test_without_topic_the_base_model_answers(client: httpx.AsyncClient) -> None:
@@ -95,7 +86,7 @@ async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
 
     load = asyncio.create_task(steady_load())
     second = await _memorize(client, "acme", MORE_QA)
-    await _wait_active(client, "acme", 2)
+    await wait_active(client, "acme", 2)
     await asyncio.sleep(0.3)
     stop.set()
     await load
@@ -161,7 +152,7 @@ async def test_a_failed_training_leaves_the_previous_version_serving(
 ) -> None:
     async with running_app(settings.model_copy(update={"max_job_attempts": 1})) as client:
         assert (await _memorize(client, "acme", QA))["status"] == "succeeded"
-        await _wait_active(client, "acme", 1)
+        await wait_active(client, "acme", 1)
 
         def explode(*args: object, **kwargs: object) -> None:
             raise RuntimeError("out of memory while reading /srv/secret/weights.bin")

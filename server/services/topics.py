@@ -1,0 +1,122 @@
+"""Topics for operators: list, inspect, roll back to a version, forget."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from server.adapter_store import remove_adapter_files
+from server.config import Settings
+from server.errors import not_found
+from server.registry.db import Database
+from server.registry.models import AdapterVersion, Document, Job, Topic, utcnow
+from server.schemas import JobResponse
+from server.services.memory import job_response
+
+log = logging.getLogger("loramem.topics")
+
+
+def _summary(topic: Topic, documents: int) -> dict[str, Any]:
+    active = next((v for v in topic.versions if v.version == topic.active_version), None)
+    return {
+        "name": topic.name,
+        "active_version": topic.active_version,
+        "active_recall": active.recall if active else None,
+        "versions": len(topic.versions),
+        "documents": documents,
+        # One module a topic for now; issue 5 splits big topics into several.
+        "modules": 1 if topic.versions else 0,
+        "created_at": topic.created_at,
+        "updated_at": topic.updated_at,
+    }
+
+
+def _version(version: AdapterVersion, active: int | None) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "active": version.version == active,
+        "recall": version.recall,
+        "rank": version.rank,
+        "sha256": version.sha256,
+        "size_bytes": version.size_bytes,
+        "job_id": version.job_id,
+        "created_at": version.created_at,
+    }
+
+
+class TopicService:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+
+    def summaries(self) -> list[dict[str, Any]]:
+        with self.db.session() as session:
+            counts = dict(
+                session.execute(
+                    select(Document.topic_id, func.count()).group_by(Document.topic_id)
+                ).all()
+            )
+            topics = session.scalars(select(Topic).order_by(Topic.name)).all()
+            return [_summary(topic, counts.get(topic.id, 0)) for topic in topics]
+
+    def detail(self, name: str) -> dict[str, Any]:
+        with self.db.session() as session:
+            topic = self._topic(session, name)
+            documents = [
+                {
+                    "id": d.id,
+                    "kind": d.kind,
+                    "question": d.question,
+                    "answer": d.answer,
+                    "text": d.text,
+                }
+                for d in topic.documents
+            ]
+            return {
+                **_summary(topic, len(documents)),
+                "documents": documents,
+                "versions": [_version(v, topic.active_version) for v in topic.versions],
+            }
+
+    def activate(self, name: str, version: int) -> dict[str, Any]:
+        """Serves `version` again (a rollback, or a version kept below the recall threshold)."""
+        with self.db.session(immediate=True) as session:
+            topic = self._topic(session, name)
+            if version not in {v.version for v in topic.versions}:
+                raise not_found(f"version {version} of topic '{name}'", param="version")
+            topic.active_version = version
+            topic.updated_at = utcnow()
+        log.info("topic %s activated version %d", name, version)
+        return self.detail(name)
+
+    def forget(self, name: str) -> dict[str, Any]:
+        """Deletes the topic, its documents, versions and jobs, then its adapter files."""
+        with self.db.session(immediate=True) as session:
+            topic = self._topic(session, name)
+            forgotten = {
+                "topic": name,
+                "versions": len(topic.versions),
+                "documents": len(topic.documents),
+            }
+            topic_id = topic.id
+            session.delete(topic)
+        # After the commit: a server that still serves the topic reads files it has loaded.
+        remove_adapter_files(self.settings.resolved_adapter_dir, topic_id)
+        log.info("topic %s forgotten (%d versions)", name, forgotten["versions"])
+        return forgotten
+
+    def jobs(self, limit: int, status: str | None) -> list[JobResponse]:
+        with self.db.session() as session:
+            query = select(Job, Topic.name).join(Topic).order_by(Job.created_at.desc()).limit(limit)
+            if status is not None:
+                query = query.where(Job.status == status)
+            return [job_response(job, topic) for job, topic in session.execute(query).all()]
+
+    @staticmethod
+    def _topic(session: Any, name: str) -> Topic:
+        topic = session.scalars(select(Topic).where(Topic.name == name)).one_or_none()
+        if topic is None:
+            raise not_found("topic")
+        return topic
