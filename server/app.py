@@ -20,10 +20,10 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from server.activity import ActivityMiddleware, RequestLog
-from server.base_model import resolve_base_model
+from server.base_model import BaseModelError, resolve_base_model
 from server.config import Settings
 from server.dependencies import require_api_key
-from server.engines import Engine, create_engine
+from server.engines import Engine, EngineError, create_engine
 from server.errors import install_error_handlers
 from server.registry.db import Database
 from server.registry.migrate import upgrade
@@ -45,7 +45,9 @@ async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
         engine = engine_factory(state.settings, model_path)
         await engine.start()
     except Exception as error:
-        state.startup_error = type(error).__name__
+        # Our own errors say what to fix, without paths; others show only their kind.
+        ours = isinstance(error, EngineError | BaseModelError)
+        state.startup_error = str(error) if ours else type(error).__name__
         log.exception("the engine failed to start")
         return
     state.engine = engine
