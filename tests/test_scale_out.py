@@ -215,3 +215,29 @@ def test_two_servers_and_two_workers_share_one_registry(
             assert job is not None and job.attempts == 2
         db.dispose()
     print(f"\nall servers served every new version within {noticed:.2f}s of the last publish")
+
+
+def test_sigterm_makes_a_worker_hand_its_job_back_and_exit(
+    tiny_model_dir: Path, tmp_path: Path, processes: list
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(database_url)
+    db = Database(database_url)
+    with db.session() as session:
+        topic = Topic(name="alpha")
+        session.add(topic)
+        session.flush()
+        session.add(Document(topic_id=topic.id, kind="qa", question="Who?", answer="alpha"))
+        job_id = queue.enqueue(session, topic, {"steps": 100_000}, max_attempts=1).id
+    env = _env(database_url, tiny_model_dir, tmp_path / "adapters")
+    worker = spawn(["trainer_worker"], env, tmp_path / "worker.log")
+    processes.append(worker)
+    _wait_for(lambda: _running_job_of(db, worker.pid), 120, "the job in training")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        kinds = session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job_id)).all()
+    assert job is not None and job.status == "queued" and job.attempts == 0
+    assert kinds[-1] == "handed_back"
+    db.dispose()
