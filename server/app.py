@@ -27,7 +27,7 @@ from server.engines import Engine, EngineError, create_engine
 from server.errors import install_error_handlers
 from server.registry.db import Database
 from server.registry.migrate import upgrade
-from server.routers import admin, generate, health, jobs, memorize
+from server.routers import admin, generate, health, jobs, memorize, openai_compat
 from server.routing import AdapterRouter
 from server.schemas import ErrorResponse
 from server.services.generation import GenerationService
@@ -111,6 +111,7 @@ def create_app(
     app.include_router(memorize.router, dependencies=user)
     app.include_router(jobs.router, dependencies=user)
     app.include_router(generate.router, dependencies=user)
+    app.include_router(openai_compat.router, dependencies=user)
     app.include_router(admin.page)
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=admin.STATIC), name="static")

@@ -15,7 +15,9 @@ from server.schemas import AUTO_TOPIC, AdapterUsed, GenerateRequest, GenerateRes
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
+    """A request ready for the engine: its tokens, sampling, and the adapter that serves it."""
+
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
@@ -28,23 +30,34 @@ class GenerationService:
         self.engine = engine
         self.router = router
 
-    async def _plan(self, request: GenerateRequest) -> _Plan:
-        if request.topic == AUTO_TOPIC:
+    async def plan(
+        self,
+        prompt_ids: list[int],
+        topic: str | None,
+        mode: str,
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: str | list[str] | None,
+        seed: int | None,
+    ) -> Plan:
+        """Routes and checks a request whose prompt is already tokens (/generate and /v1 both)."""
+        if topic == AUTO_TOPIC:
             raise APIError(
                 400,
                 "routing by content (topic 'auto') is not available yet; name a topic",
                 param="topic",
             )
-        if request.mode in ("rag", "hybrid"):
-            raise APIError(400, f"mode '{request.mode}' is not available yet", param="mode")
-        if request.mode == "lora" and request.topic is None:
+        if mode in ("rag", "hybrid"):
+            raise APIError(400, f"mode '{mode}' is not available yet", param="mode")
+        if mode == "lora" and topic is None:
             raise APIError(400, "mode 'lora' needs a topic", param="topic")
         route = None
-        if request.topic is not None and request.mode == "base":
-            await self.router.require_topic(request.topic)  # unknown topics are 404 in every mode
-        elif request.topic is not None:
-            route = await self.router.resolve(request.topic)
-        prompt_ids = question_ids(self.engine.tokenizer, request.prompt)
+        if topic is not None and mode == "base":
+            await self.router.require_topic(topic)  # unknown topics are 404 in every mode
+        elif topic is not None:
+            route = await self.router.resolve(topic)
         room = self.engine.max_model_len - len(prompt_ids)
         if room < 1:
             raise APIError(
@@ -53,18 +66,29 @@ class GenerationService:
                 f"{self.engine.max_model_len} in all",
                 param="prompt",
             )
-        stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         params = SamplingParams(
-            max_tokens=min(request.max_tokens, self.settings.max_new_tokens, room),
+            max_tokens=min(max_tokens, self.settings.max_new_tokens, room),
+            temperature=temperature,
+            top_p=top_p,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+            seed=seed,
+        )
+        return Plan(uuid.uuid4().hex, prompt_ids, params, route)
+
+    async def _plan(self, request: GenerateRequest) -> Plan:
+        return await self.plan(
+            question_ids(self.engine.tokenizer, request.prompt),
+            request.topic,
+            request.mode,
+            max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
-            stop=stop,
+            stop=request.stop,
             seed=request.seed,
         )
-        return _Plan(uuid.uuid4().hex, prompt_ids, params, route)
 
     def _response(
-        self, request: GenerateRequest, plan: _Plan, output: GenerationOutput
+        self, request: GenerateRequest, plan: Plan, output: GenerationOutput
     ) -> GenerateResponse:
         adapters = (
             [AdapterUsed(topic=plan.route.topic, version=plan.route.version, score=1.0)]
@@ -82,7 +106,7 @@ class GenerationService:
             ),
         )
 
-    async def _outputs(self, plan: _Plan) -> AsyncIterator[GenerationOutput]:
+    async def outputs(self, plan: Plan) -> AsyncIterator[GenerationOutput]:
         finished = False
         try:
             async for output in self.engine.generate(
@@ -104,7 +128,7 @@ class GenerationService:
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         plan = await self._plan(request)
         last: GenerationOutput | None = None
-        async for output in self._outputs(plan):
+        async for output in self.outputs(plan):
             last = output
         assert last is not None
         return self._response(request, plan, last)
@@ -115,7 +139,7 @@ class GenerationService:
 
         async def chunks() -> AsyncIterator[dict[str, object]]:
             sent = 0
-            async for output in self._outputs(plan):
+            async for output in self.outputs(plan):
                 if len(output.text) > sent:
                     yield {"text": output.text[sent:]}
                     sent = len(output.text)

@@ -33,6 +33,8 @@ async def test_health_needs_no_key(keyed: httpx.AsyncClient) -> None:
         ("POST", "/memorize", QA),
         ("POST", "/generate", {"prompt": "hi", "max_tokens": 1}),
         ("GET", "/jobs/some-job", None),
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/chat/completions", {"model": "auto", "messages": []}),
         ("GET", "/admin/topics", None),
         ("GET", "/admin/engine", None),
         ("GET", "/admin/activity", None),
