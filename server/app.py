@@ -19,15 +19,16 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from server.activity import ActivityMiddleware, RequestLog
+from server.activity import ActivityMiddleware, BodyLimitMiddleware, RequestLog
 from server.base_model import BaseModelError, resolve_base_model
 from server.config import Settings
 from server.dependencies import require_api_key
 from server.engines import Engine, EngineError, create_engine
 from server.errors import install_error_handlers
+from server.metrics import Metrics
 from server.registry.db import Database
 from server.registry.migrate import upgrade
-from server.routers import admin, generate, health, jobs, memorize, openai_compat
+from server.routers import admin, generate, health, jobs, memorize, metrics, openai_compat
 from server.routing import AdapterRouter
 from server.schemas import ErrorResponse
 from server.services.generation import GenerationService
@@ -53,7 +54,7 @@ async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
     state.engine = engine
     state.router = AdapterRouter(state.settings, state.db, engine)
     await state.router.refresh()
-    state.generation = GenerationService(state.settings, engine, state.router)
+    state.generation = GenerationService(state.settings, engine, state.router, state.metrics)
     log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
     await state.router.watch(state.settings.version_poll_seconds)
 
@@ -63,19 +64,21 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     requests = RequestLog()
+    metrics_registry = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade, settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
-        state = AppState(settings, db, MemoryService(settings, db), requests)
+        state = AppState(settings, db, MemoryService(settings, db), requests, metrics_registry)
         app.state.loramem = state
+        metrics_registry.watch(lambda: metrics.read_snapshot(state))
         state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         worker: tuple[threading.Thread, threading.Event] | None = None
         if settings.embedded_worker:
             from trainer_worker.worker import start_embedded
 
-            worker = start_embedded(settings, db)
+            worker = start_embedded(settings, db, metrics_registry.training_step.observe)
         try:
             yield
         finally:
@@ -107,6 +110,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     user = [Depends(require_api_key)]
     app.include_router(memorize.router, dependencies=user)
     app.include_router(jobs.router, dependencies=user)
@@ -115,5 +119,6 @@ def create_app(
     app.include_router(admin.page)
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=admin.STATIC), name="static")
-    app.add_middleware(ActivityMiddleware, log=requests)
+    app.add_middleware(ActivityMiddleware, log=requests, metrics=metrics_registry)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # Topics whose adapters are never evicted (comma-separated in the environment).
     pinned_topics: Annotated[frozenset[str], NoDecode] = frozenset()
 
+    # Overload: generations admitted at once (running or waiting); past it, 429 with Retry-After.
+    max_pending_requests: int = Field(64, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    # /metrics without a key (for a scraper inside a trusted network).
+    metrics_public: bool = False
+
     # Registry polling: how fast every server notices a newly published version.
     version_poll_seconds: float = Field(1.0, gt=0)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from server.activity import RequestLog
 from server.config import Settings
 from server.engines import Engine
+from server.metrics import Metrics
 from server.registry.db import Database
 from server.routing import AdapterRouter
 from server.services.generation import GenerationService
@@ -20,6 +21,7 @@ class AppState:
     db: Database
     memory: MemoryService
     requests: RequestLog
+    metrics: Metrics
     engine: Engine | None = None
     router: AdapterRouter | None = None
     generation: GenerationService | None = None

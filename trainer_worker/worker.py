@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -54,9 +55,16 @@ def readable_error(error: BaseException) -> str:
 
 
 class TrainerWorker:
-    def __init__(self, settings: Settings, db: Database, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        worker_id: str | None = None,
+        observe_step: Callable[[float], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.observe_step = observe_step
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._base_model_path: Path | None = None
         self._stop = threading.Event()
@@ -132,11 +140,15 @@ class TrainerWorker:
         )
 
         last_beat = 0.0
+        last_step = time.monotonic()
 
         def on_step(step: int, total: int, loss: float) -> None:
-            nonlocal last_beat
+            nonlocal last_beat, last_step
             if self._stop.is_set():
                 raise WorkerStopping
+            if self.observe_step is not None:
+                self.observe_step(time.monotonic() - last_step)
+            last_step = time.monotonic()
             event = step % max(1, total // PROGRESS_EVENTS_PER_JOB) == 0 or step == total
             now = time.monotonic()
             if event or now - last_beat > 1.0 or step == 1:
@@ -196,10 +208,12 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def start_embedded(settings: Settings, db: Database) -> tuple[threading.Thread, threading.Event]:
+def start_embedded(
+    settings: Settings, db: Database, observe_step: Callable[[float], None] | None = None
+) -> tuple[threading.Thread, threading.Event]:
     """The worker of the embedded default: a thread of the server process."""
     stop = threading.Event()
-    worker = TrainerWorker(settings, db)
+    worker = TrainerWorker(settings, db, observe_step=observe_step)
     thread = threading.Thread(target=worker.run, args=(stop,), name="trainer", daemon=True)
     thread.start()
     return thread, stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from server.config import Settings
 from server.engines import Engine, EngineError, GenerationOutput, SamplingParams
 from server.errors import APIError
+from server.metrics import Metrics
 from server.prompting import question_ids
 from server.routing import ActiveAdapter, AdapterRouter
 from server.schemas import AUTO_TOPIC, AdapterUsed, GenerateRequest, GenerateResponse, Usage
@@ -25,10 +27,15 @@ class Plan:
 
 
 class GenerationService:
-    def __init__(self, settings: Settings, engine: Engine, router: AdapterRouter) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, router: AdapterRouter, metrics: Metrics
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.router = router
+        self.metrics = metrics
+        # Generations admitted and not finished: bounded, so that overload is refused, not queued.
+        self.pending = 0
 
     async def plan(
         self,
@@ -42,7 +49,18 @@ class GenerationService:
         stop: str | list[str] | None,
         seed: int | None,
     ) -> Plan:
-        """Routes and checks a request whose prompt is already tokens (/generate and /v1 both)."""
+        """Routes and checks a request whose prompt is already tokens (/generate and /v1 both).
+
+        Admission is checked here, before any response starts (a stream cannot turn into a 429
+        later); the count itself moves when generation starts and ends (`outputs`).
+        """
+        if self.pending >= self.settings.max_pending_requests:
+            self.metrics.refused.inc()
+            raise APIError(
+                429,
+                f"the server is busy ({self.pending} generations in progress); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         if topic == AUTO_TOPIC:
             raise APIError(
                 400,
@@ -107,6 +125,9 @@ class GenerationService:
         )
 
     async def outputs(self, plan: Plan) -> AsyncIterator[GenerationOutput]:
+        self.pending += 1
+        started = time.monotonic()
+        first = True
         finished = False
         try:
             async for output in self.engine.generate(
@@ -116,12 +137,18 @@ class GenerationService:
                 plan.route.adapter if plan.route else None,
             ):
                 finished = output.finished
+                if first and output.token_ids:
+                    self.metrics.time_to_first_token.observe(time.monotonic() - started)
+                    first = False
+                if finished:
+                    self.metrics.generated_tokens.inc(len(output.token_ids))
                 yield output
         except EngineError as error:
             raise APIError(
                 503, "the engine could not serve this request", type="engine_error"
             ) from error
         finally:
+            self.pending -= 1
             if not finished:
                 await self.engine.abort(plan.request_id)
 
