@@ -17,6 +17,9 @@ from server.engines.base import SamplingParams
 
 # PEFT's name for "no adapter" inside a mixed batch.
 BASE_ADAPTER = "__base__"
+# Temperatures this small overflow the softmax (found by fuzzing); they mean greedy anyway, as in
+# vLLM.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -44,7 +47,7 @@ def _choose_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
     chosen: list[int] = []
     for index, row in enumerate(rows):
         temperature = row.params.temperature
-        if temperature <= 0:
+        if temperature < GREEDY_BELOW:
             chosen.append(greedy[index])
             continue
         probs = torch.softmax(logits[index].float() / temperature, dim=-1)

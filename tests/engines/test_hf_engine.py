@@ -112,3 +112,10 @@ async def test_sampling_with_a_seed_is_reproducible(engine: HFEngine) -> None:
     params = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=7)
     runs = [[o async for o in engine.generate(f"s{n}", PROMPT, params)][-1] for n in range(2)]
     assert runs[0].token_ids == runs[1].token_ids
+
+
+async def test_a_vanishing_temperature_is_greedy_not_an_error(engine: HFEngine) -> None:
+    greedy = await generate_all(engine, PROMPT, request_id="g")
+    params = SamplingParams(max_tokens=8, temperature=1.175494351e-38)
+    tiny = [o async for o in engine.generate("t", PROMPT, params)][-1]
+    assert tiny.token_ids == greedy.token_ids
