@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextmanager
+def served(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A `loramem serve` process on a free loopback port, once ready: (base URL, process)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    process = spawn(["server.cli", "serve", "--port", url.rsplit(":", 1)[1]], env, log)
+    try:
+        wait_http_ready(url, process)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def wait_http_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:

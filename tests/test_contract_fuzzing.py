@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.helpers import free_port, process_env, spawn, wait_http_ready
+from tests.helpers import process_env, served
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +23,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("fuzz")
-    url = f"http://127.0.0.1:{free_port()}"
     env = process_env(data_dir=str(folder), base_model=str(tiny_model_dir), embedded_worker="false")
-    process = spawn(["server.cli", "serve", "--port", url.rsplit(":", 1)[1]], env, folder / "log")
-    try:
-        wait_http_ready(url, process)
+    with served(env, folder / "log") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def test_no_server_errors_and_responses_match_the_schema(base_url: str) -> None:
@@ -42,7 +36,14 @@ def test_no_server_errors_and_responses_match_the_schema(base_url: str) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+        # Derandomized: the same examples every run, so that CI cannot fail by chance; a new
+        # finding comes from changing the schema or max_examples, deliberately.
+        @settings(
+            max_examples=20,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case) -> None:  # type: ignore[no-untyped-def]
             if isinstance(case.body, dict) and "max_tokens" in case.body:
                 case.body["max_tokens"] = 2  # the contract matters here, not the model

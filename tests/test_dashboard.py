@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, process_env, spawn, wait_http_ready
+from tests.helpers import process_env, served
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,6 @@ def _ensure_chromium() -> None:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("dashboard")
-    url = f"http://127.0.0.1:{free_port()}"
     env = process_env(
         data_dir=str(folder),
         base_model=str(tiny_model_dir),
@@ -45,13 +44,8 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         version_poll_seconds="0.2",
         job_poll_seconds="0.1",
     )
-    process = spawn(["server.cli", "serve", "--port", url.rsplit(":", 1)[1]], env, folder / "log")
-    try:
-        wait_http_ready(url, process)
+    with served(env, folder / "log") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

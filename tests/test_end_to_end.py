@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, process_env, spawn, wait_http_ready
+from tests.helpers import process_env, served
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +72,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    url = f"http://127.0.0.1:{free_port()}"
-    process = spawn(
-        ["server.cli", "serve", "--port", url.rsplit(":", 1)[1]],
-        process_env(data_dir=str(data_dir), version_poll_seconds="0.5"),
-        data_dir / "server.log",
-    )
-    client = httpx.Client(base_url=url, timeout=120)
-    try:
-        wait_http_ready(url, process)
+    env = process_env(data_dir=str(data_dir), version_poll_seconds="0.5")
+    with (
+        served(env, data_dir / "server.log") as (url, process),
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
         yield client, process
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def _ask(client: httpx.Client, question: str, **extra: object) -> dict:

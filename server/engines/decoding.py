@@ -54,6 +54,7 @@ def _choose_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
         if row.params.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(-1) - sorted_probs < row.params.top_p
+            keep[0] = True  # a top_p below float32's range would otherwise keep nothing
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         chosen.append(int(torch.multinomial(probs, 1, generator=row.generator)))
     return chosen

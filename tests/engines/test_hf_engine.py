@@ -119,3 +119,9 @@ async def test_a_vanishing_temperature_is_greedy_not_an_error(engine: HFEngine) 
     params = SamplingParams(max_tokens=8, temperature=1.175494351e-38)
     tiny = [o async for o in engine.generate("t", PROMPT, params)][-1]
     assert tiny.token_ids == greedy.token_ids
+
+
+async def test_a_vanishing_top_p_keeps_the_most_likely_token(engine: HFEngine) -> None:
+    params = SamplingParams(max_tokens=4, temperature=0.25, top_p=4.7e-233, seed=1)
+    output = [o async for o in engine.generate("p", PROMPT, params)][-1]
+    assert output.token_ids == (await generate_all(engine, PROMPT, max_tokens=4)).token_ids
