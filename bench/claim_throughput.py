@@ -14,19 +14,16 @@ import json
 import multiprocessing
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from server.registry import queue
 from server.registry.db import Database
 from server.registry.migrate import upgrade
 from server.registry.models import Topic
+from tests.helpers import temporary_postgres_database
 
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -36,16 +33,8 @@ def database(backend: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as folder:
             yield f"sqlite:///{folder}/claims.db"
         return
-    name = f"loramem_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with temporary_postgres_database("loramem_bench") as url:
+        yield url
 
 
 def _fill(url: str, jobs: int) -> None:

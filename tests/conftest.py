@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -14,11 +12,7 @@ import sqlalchemy as sa
 from server import Settings
 from server.adapter_store import StoredAdapter, save_adapter
 from server.base_model import GGUF_FILE, gguf_location
-from tests.helpers import running_app
-
-POSTGRES_ADMIN_URL = os.environ.get(
-    "LORAMEM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+from tests.helpers import POSTGRES_ADMIN_URL, running_app, temporary_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -87,16 +81,8 @@ def database_url(
         return
     if not postgres_available:
         pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}")
-    name = f"loramem_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with temporary_postgres_database("loramem_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -14,10 +15,30 @@ from typing import Any
 
 import anyio
 import httpx
+import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
 from server import Settings, create_app
 from server.engines import Engine, GenerationOutput, LoRAAdapter, SamplingParams
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "LORAMEM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextmanager
+def temporary_postgres_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own on the server at POSTGRES_ADMIN_URL, dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @asynccontextmanager

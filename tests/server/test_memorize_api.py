@@ -8,6 +8,8 @@ import httpx
 import pytest
 
 from server import Settings
+from server.registry.db import Database
+from server.registry.models import Job
 from tests.helpers import running_app
 
 QA = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
@@ -41,11 +43,16 @@ async def test_memorize_answers_202_and_stores_the_knowledge(client: httpx.Async
     assert job["status"] == "queued" and job["topic"] == "acme" and job["progress"] == 0
 
 
-async def test_options_are_kept_with_the_job(client: httpx.AsyncClient) -> None:
+async def test_options_are_kept_with_the_job(client: httpx.AsyncClient, settings: Settings) -> None:
     response = await client.post(
         "/memorize", json={"topic": "acme", "qa": QA, "options": {"rank": 4, "steps": 12}}
     )
     assert response.status_code == 202
+    db = Database(settings.resolved_database_url)
+    with db.session() as session:
+        job = session.get(Job, response.json()["job_id"])
+        assert job is not None and job.options == {"rank": 4, "steps": 12}
+    db.dispose()
 
 
 BAD_BODIES: list[tuple[str, Any, str | None]] = [
