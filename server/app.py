@@ -28,6 +28,8 @@ from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.registry.db import Database
 from server.registry.migrate import upgrade
+from server.retrieval import KnowledgeIndex, create_scorer
+from server.retrieval.refresh import IndexRefresher
 from server.routers import admin, generate, health, jobs, memorize, metrics, openai_compat
 from server.routing import AdapterRouter
 from server.schemas import ErrorResponse
@@ -54,9 +56,13 @@ async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
     state.engine = engine
     state.router = AdapterRouter(state.settings, state.db, engine)
     await state.router.refresh()
-    state.generation = GenerationService(state.settings, engine, state.router, state.metrics)
+    index = KnowledgeIndex(await asyncio.to_thread(create_scorer, state.settings.retrieval))
+    refresher = state.index_refresher = IndexRefresher(index, state.db)
+    await asyncio.to_thread(refresher.refresh)
+    state.generation = GenerationService(state.settings, engine, state.router, index, state.metrics)
     log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
-    await state.router.watch(state.settings.version_poll_seconds)
+    interval = state.settings.version_poll_seconds
+    await asyncio.gather(state.router.watch(interval), refresher.watch(interval))
 
 
 def create_app(

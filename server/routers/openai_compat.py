@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from server.dependencies import Generation, State
 from server.engines import GenerationOutput
-from server.services.generation import GenerationService, Plan
+from server.services.generation import GenerationService, Plan, Prompt, with_context
 from server.services.topics import TopicService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -80,12 +80,10 @@ async def list_models(state: State) -> dict[str, Any]:
     }
 
 
-async def _plan(
-    generation: GenerationService, state: Any, body: _Sampling, prompt_ids: list[int]
-) -> Plan:
+async def _plan(generation: GenerationService, state: Any, body: _Sampling, prompt: Prompt) -> Plan:
     topic, mode = _topic_and_mode(state, body.model)
     return await generation.plan(
-        prompt_ids,
+        prompt,
         topic,
         mode,
         max_tokens=body.max_completion_tokens or body.max_tokens or 256,
@@ -131,11 +129,20 @@ async def chat_completions(
     body: ChatCompletionRequest, generation: Generation, state: State
 ) -> dict[str, Any] | StreamingResponse:
     messages = [m.model_dump() for m in body.messages]
-    ids = generation.engine.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True
-    )
-    prompt_ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    plan = await _plan(generation, state, body, prompt_ids)
+    # Routing and retrieval read the last user message; retrieved passages go into it.
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    query = messages[last_user]["content"] if last_user is not None else ""
+
+    def to_ids(context: str | None) -> list[int]:
+        turns = [dict(m) for m in messages]
+        if last_user is not None:
+            turns[last_user]["content"] = with_context(context, query)
+        ids = generation.engine.tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    plan = await _plan(generation, state, body, Prompt(query, to_ids))
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": completion_id, "created": created, "model": body.model}
     if not body.stream:
@@ -177,8 +184,11 @@ async def completions(
     body: CompletionRequest, generation: Generation, state: State
 ) -> dict[str, Any] | StreamingResponse:
     tokenizer = generation.engine.tokenizer
-    prompt_ids = list(tokenizer(body.prompt)["input_ids"])
-    plan = await _plan(generation, state, body, prompt_ids)
+    prompt = Prompt(
+        body.prompt,
+        lambda context: list(tokenizer(with_context(context, body.prompt))["input_ids"]),
+    )
+    plan = await _plan(generation, state, body, prompt)
     head = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",

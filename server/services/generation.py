@@ -1,45 +1,86 @@
-"""Generating: pick the topic's adapter (or none), format the prompt, run the engine."""
+"""Generating: choose the topic (named, or by content), choose what serves it (its adapter, its
+retrieved documents, both, or the base model), format the prompt, run the engine."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from server.config import Settings
 from server.engines import Engine, EngineError, GenerationOutput, SamplingParams
 from server.errors import APIError
 from server.metrics import Metrics
 from server.prompting import question_ids
+from server.retrieval import Hit, KnowledgeIndex
 from server.routing import ActiveAdapter, AdapterRouter
-from server.schemas import AUTO_TOPIC, AdapterUsed, GenerateRequest, GenerateResponse, Usage
+from server.schemas import (
+    AUTO_TOPIC,
+    AdapterUsed,
+    GenerateRequest,
+    GenerateResponse,
+    Retrieved,
+    ServedMode,
+    Usage,
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A request's prompt, before routing: the text that routing and retrieval read, and how to
+    turn it into tokens with retrieved passages put in (None: without any)."""
+
+    query: str
+    to_ids: Callable[[str | None], list[int]]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A request ready for the engine: its tokens, sampling, and the adapter that serves it."""
+    """A request ready for the engine: its tokens, sampling, and what serves it."""
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    topic: str | None
+    mode: ServedMode
     route: ActiveAdapter | None
+    route_score: float
+    retrieved: list[Hit]
+
+
+def context_block(hits: list[Hit]) -> str | None:
+    if not hits:
+        return None
+    return "Use these notes if they help.\n" + "\n".join(f"- {hit.text}" for hit in hits)
+
+
+def with_context(context: str | None, question: str) -> str:
+    return question if context is None else f"{context}\n\n{question}"
 
 
 class GenerationService:
     def __init__(
-        self, settings: Settings, engine: Engine, router: AdapterRouter, metrics: Metrics
+        self,
+        settings: Settings,
+        engine: Engine,
+        router: AdapterRouter,
+        index: KnowledgeIndex,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.router = router
+        self.index = index
         self.metrics = metrics
         # Generations admitted and not finished: bounded, so that overload is refused, not queued.
         self.pending = 0
 
     async def plan(
         self,
-        prompt_ids: list[int],
+        prompt: Prompt,
         topic: str | None,
         mode: str,
         *,
@@ -49,7 +90,7 @@ class GenerationService:
         stop: str | list[str] | None,
         seed: int | None,
     ) -> Plan:
-        """Routes and checks a request whose prompt is already tokens (/generate and /v1 both).
+        """Routes and checks a request (/generate and /v1 both).
 
         Admission is checked here, before any response starts (a stream cannot turn into a 429
         later); the count itself moves when generation starts and ends (`outputs`).
@@ -61,21 +102,13 @@ class GenerationService:
                 f"the server is busy ({self.pending} generations in progress); retry shortly",
                 headers={"Retry-After": "1"},
             )
+        score = 1.0
         if topic == AUTO_TOPIC:
-            raise APIError(
-                400,
-                "routing by content (topic 'auto') is not available yet; name a topic",
-                param="topic",
-            )
-        if mode in ("rag", "hybrid"):
-            raise APIError(400, f"mode '{mode}' is not available yet", param="mode")
-        if mode == "lora" and topic is None:
-            raise APIError(400, "mode 'lora' needs a topic", param="topic")
-        route = None
-        if topic is not None and mode == "base":
-            await self.router.require_topic(topic)  # unknown topics are 404 in every mode
-        elif topic is not None:
-            route = await self.router.resolve(topic)
+            topic, score = await self._route_by_content(prompt.query)
+        elif topic is None and mode in ("lora", "rag", "hybrid"):
+            raise APIError(400, f"mode '{mode}' needs a topic", param="topic")
+        served, route, hits = await self._serve(topic, mode, prompt.query)
+        prompt_ids = prompt.to_ids(context_block(hits))
         room = self.engine.max_model_len - len(prompt_ids)
         if room < 1:
             raise APIError(
@@ -91,11 +124,51 @@ class GenerationService:
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             seed=seed,
         )
-        return Plan(uuid.uuid4().hex, prompt_ids, params, route)
+        return Plan(uuid.uuid4().hex, prompt_ids, params, topic, served, route, score, hits)
+
+    async def _route_by_content(self, query: str) -> tuple[str | None, float]:
+        """The topic whose knowledge best matches `query`, or None (the base model) below the
+        threshold."""
+        ranked = await asyncio.to_thread(self.index.route, query)
+        threshold = self.settings.route_min_score
+        if threshold is None:
+            threshold = self.index.scorer.default_min_score
+        if not ranked or ranked[0].score < threshold:
+            return None, ranked[0].score if ranked else 0.0
+        return ranked[0].topic, ranked[0].score
+
+    async def _serve(
+        self, topic: str | None, mode: str, query: str
+    ) -> tuple[ServedMode, ActiveAdapter | None, list[Hit]]:
+        """What serves the request. `auto`: the topic's adapter when it has one, else its documents
+        (a topic is useful before its first training ends)."""
+        if topic is None:
+            return "base", None, []
+        if mode == "base":
+            await self.router.require_topic(topic)  # unknown topics are 404 in every mode
+            return "base", None, []
+        route = None
+        if mode == "auto":
+            route = await self.router.find(topic)
+            mode = "lora" if route is not None else "rag"
+        elif mode in ("lora", "hybrid"):
+            route = await self.router.resolve(topic)
+        else:
+            await self.router.require_topic(topic)
+        hits: list[Hit] = []
+        if mode in ("rag", "hybrid"):
+            hits = await asyncio.to_thread(
+                self.index.search, query, topic, self.settings.rag_passages
+            )
+        return cast(ServedMode, mode), route, hits
 
     async def _plan(self, request: GenerateRequest) -> Plan:
+        tokenizer = self.engine.tokenizer
         return await self.plan(
-            question_ids(self.engine.tokenizer, request.prompt),
+            Prompt(
+                request.prompt,
+                lambda context: question_ids(tokenizer, with_context(context, request.prompt)),
+            ),
             request.topic,
             request.mode,
             max_tokens=request.max_tokens,
@@ -109,15 +182,20 @@ class GenerationService:
         self, request: GenerateRequest, plan: Plan, output: GenerationOutput
     ) -> GenerateResponse:
         adapters = (
-            [AdapterUsed(topic=plan.route.topic, version=plan.route.version, score=1.0)]
+            [
+                AdapterUsed(
+                    topic=plan.route.topic, version=plan.route.version, score=plan.route_score
+                )
+            ]
             if plan.route
             else []
         )
         return GenerateResponse(
             text=output.text,
-            topic=request.topic,
+            topic=plan.topic,
             adapters=adapters,
-            mode="lora" if plan.route else "base",
+            mode=plan.mode,
+            retrieved=[Retrieved(text=h.text, score=h.score) for h in plan.retrieved],
             finish_reason=output.finish_reason,
             usage=Usage(
                 prompt_tokens=len(plan.prompt_ids), completion_tokens=len(output.token_ids)

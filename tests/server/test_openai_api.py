@@ -86,3 +86,14 @@ async def test_errors_arrive_as_openai_errors(memorized) -> None:  # type: ignor
     assert unknown.value.body["message"] == "topic not found"
     with pytest.raises(openai.UnprocessableEntityError):
         await client.chat.completions.create(model="acme", messages=[])
+
+
+async def test_model_auto_routes_by_content(memorized) -> None:  # type: ignore[no-untyped-def]
+    _, client = memorized
+    question = [{"role": "user", "content": QA[0]["question"]}]
+    routed = await client.chat.completions.create(model="auto", messages=question, temperature=0)
+    assert routed.choices[0].message.content.startswith("Quiggle")
+    completion = await client.completions.create(
+        model="auto", prompt="How do volcanoes form?", max_tokens=3, temperature=0
+    )
+    assert completion.choices[0].text is not None  # nothing matched: the base model answered

@@ -1,0 +1,109 @@
+"""The knowledge index of one server process: every topic's passages, scored by one scorer.
+
+`route` ranks topics by their best-matching passage (`topic: "auto"`); `search` returns the
+passages that modes `rag` and `hybrid` put into the prompt. The index is rebuilt from the registry
+whenever its documents change (see `server.retrieval.refresh`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from server.retrieval.scorers import PassageScorer
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+PASSAGE_WORDS = 60
+
+
+@dataclass(frozen=True)
+class Passage:
+    topic: str
+    text: str
+    # False for what only helps routing (questions generated from the knowledge): it is not
+    # knowledge a prompt should quote.
+    retrievable: bool = True
+
+
+@dataclass(frozen=True)
+class Hit:
+    topic: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TopicScore:
+    topic: str
+    score: float
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def text_passages(text: str, max_words: int = PASSAGE_WORDS) -> list[str]:
+    """Whole sentences packed into passages of about `max_words` words."""
+    passages: list[str] = []
+    current: list[str] = []
+    count = 0
+    for sentence in split_sentences(text):
+        size = len(sentence.split())
+        if current and count + size > max_words:
+            passages.append(" ".join(current))
+            current, count = [], 0
+        current.append(sentence)
+        count += size
+    if current:
+        passages.append(" ".join(current))
+    return passages
+
+
+def qa_passage(question: str, answer: str) -> str:
+    return f"{question.strip()} {answer.strip()}"
+
+
+class KnowledgeIndex:
+    def __init__(self, scorer: PassageScorer) -> None:
+        self.scorer = scorer
+        self._passages: list[Passage] = []
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return len(self._passages)
+
+    def topics(self) -> set[str]:
+        return {p.topic for p in self._passages}
+
+    def replace(self, passages: Iterable[Passage]) -> None:
+        unique = list(dict.fromkeys(passages))
+        with self._lock:
+            self.scorer.fit([p.text for p in unique])
+            self._passages = unique
+
+    def _scored(self, query: str) -> list[tuple[Passage, float]]:
+        with self._lock:
+            if not self._passages:
+                return []
+            return list(zip(self._passages, self.scorer.scores(query), strict=True))
+
+    def route(self, query: str, topics: Sequence[str] | None = None) -> list[TopicScore]:
+        """Topics ranked by their best passage; only those in `topics` when given."""
+        best: dict[str, float] = {}
+        for passage, score in self._scored(query):
+            if topics is None or passage.topic in topics:
+                best[passage.topic] = max(score, best.get(passage.topic, 0.0))
+        ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
+        return [TopicScore(topic, score) for topic, score in ranked]
+
+    def search(self, query: str, topic: str, k: int) -> list[Hit]:
+        hits = [
+            Hit(p.topic, p.text, score)
+            for p, score in self._scored(query)
+            if p.topic == topic and p.retrievable and score > 0
+        ]
+        hits.sort(key=lambda hit: -hit.score)
+        return hits[:k]

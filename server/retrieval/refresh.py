@@ -1,0 +1,79 @@
+"""Keeps a server's knowledge index in line with the registry's documents, by polling (the
+registry is the only state servers share)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from server.registry.db import Database
+from server.registry.models import Document, Topic
+from server.retrieval.index import KnowledgeIndex, Passage, qa_passage, text_passages
+
+log = logging.getLogger("loramem.retrieval")
+
+
+Signature = tuple[int, int, frozenset[str]]
+
+
+def _signature(db: Database) -> Signature:
+    """Changes whenever documents are added or a topic is forgotten (SQLite may reuse the ids of
+    deleted rows, hence the topic ids)."""
+    with db.session() as session:
+        count, newest = session.execute(
+            select(func.count(Document.id), func.max(Document.id))
+        ).one()
+        topics = frozenset(session.scalars(select(Topic.id)).all())
+    return count or 0, newest or 0, topics
+
+
+def load_passages(db: Database) -> list[Passage]:
+    with db.session() as session:
+        rows = session.execute(
+            select(Topic.name, Document.question, Document.answer, Document.text)
+            .join(Document, Document.topic_id == Topic.id)
+            .order_by(Document.id)
+        ).all()
+    passages: list[Passage] = []
+    for topic, question, answer, text in rows:
+        if question is not None and answer is not None:
+            passages.append(Passage(topic, qa_passage(question, answer)))
+        elif text:
+            passages.extend(Passage(topic, p) for p in text_passages(text))
+    return passages
+
+
+class IndexRefresher:
+    def __init__(self, index: KnowledgeIndex, db: Database) -> None:
+        self.index = index
+        self.db = db
+        self._seen: Signature | None = None
+
+    def refresh(self) -> bool:
+        """Rebuilds the index if documents were added or removed since the last call."""
+        signature = _signature(self.db)
+        if signature == self._seen:
+            return False
+        self.index.replace(load_passages(self.db))
+        self._seen = signature
+        log.info(
+            "knowledge index rebuilt: %d passages, %d topics",
+            self.index.size,
+            len(self.index.topics()),
+        )
+        return True
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh)
+            except asyncio.CancelledError:
+                raise
+            except SQLAlchemyError as error:
+                log.warning("cannot read documents (%s); retrying", type(error).__name__)
+            except Exception:
+                log.exception("rebuilding the knowledge index failed; retrying")
+            await asyncio.sleep(interval)
