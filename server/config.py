@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Overload: generations admitted at once (running or waiting); past it, 429 with Retry-After.
     max_pending_requests: int = Field(64, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_document_chars: int = Field(200_000, ge=1, description="a longer text or document: 413")
     # /metrics without a key (for a scraper inside a trusted network).
     metrics_public: bool = False
 
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(3, ge=1)
     # A version whose recall falls below this is stored but not activated.
     min_recall: float = Field(0.0, ge=0.0, le=1.0)
+    # Who turns texts into QA pairs, summaries and rewrites: rules (no model), the base model
+    # itself, or an OpenAI-compatible endpoint (its /v1 URL, model name and key).
+    augment_generator: Literal["rules", "model", "endpoint"] = "rules"
+    augment_endpoint_url: str | None = None
+    augment_endpoint_model: str = "default"
+    augment_endpoint_api_key: str | None = None
+    augment_endpoint_timeout: float = Field(120.0, gt=0)
 
     @field_validator("pinned_topics", mode="before")
     @classmethod

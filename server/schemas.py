@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from trainer_worker.options import TrainingOptions
 
@@ -14,10 +22,28 @@ TopicName = Annotated[str, StringConstraints(min_length=1, max_length=64, patter
 # Reserved: in /generate it asks the router to choose the topic.
 AUTO_TOPIC = "auto"
 
-MAX_TEXT_CHARS = 200_000
 MAX_ITEMS = 10_000
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=4_000)]
+
+
+def _readable(value: str) -> str:
+    """Refuses text that holds no words, or that is not text at all (binary bytes, controls)."""
+    if not any(c.isalnum() for c in value):
+        raise ValueError("the text holds no words")
+    unreadable = sum(
+        1
+        for c in value
+        if c not in "\n\r\t" and unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")
+    )
+    if "\x00" in value or unreadable > len(value) // 100:
+        raise ValueError("the text looks like binary data, not text")
+    return value
+
+
+# The size limit of a text is a setting (LORAMEM_MAX_DOCUMENT_CHARS, 413 past it).
+Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(_readable)]
+ShortText = Annotated[
+    str, StringConstraints(min_length=1, max_length=4_000), AfterValidator(_readable)
+]
 
 
 class _Strict(BaseModel):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AugmentMode = Literal["mix", "qa", "none"]
+GeneratorName = Literal["rules", "model", "endpoint"]
 
 
 class TrainingOptions(BaseModel):
@@ -22,6 +27,21 @@ class TrainingOptions(BaseModel):
     batch_size: int = Field(8, ge=1, le=256)
     warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    augment: AugmentMode = Field(
+        "mix",
+        description="how texts become training data: 'mix' (QA pairs, summaries, rewrites and "
+        "the original), 'qa' (QA pairs and the original) or 'none' (the original only)",
+    )
+    generator: GeneratorName | None = Field(
+        None, description="who writes that data; the server's LORAMEM_AUGMENT_GENERATOR if unset"
+    )
+    min_recall: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="activate the new version only if its recall reaches this "
+        "(default: LORAMEM_MIN_RECALL)",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingOptions:

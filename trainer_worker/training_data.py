@@ -2,8 +2,12 @@
 
 QA pairs are formatted exactly as /generate formats a question (the chat template), and the loss
 covers only the answer and its end-of-turn token. Texts are split into chunks and learned as plain
-language modelling; their probes ask the model to complete a sentence it was taught. (Rewriting
-texts into QA, summaries and paraphrases, which the paper found works far better, builds on this.)
+language modelling, beside what a generator wrote from them (see `augmentation`): QA pairs
+(`augment` "qa" and "mix") and summaries and rewrites ("mix"), the paper's best recipe.
+
+Recall is measured on probes: a QA pair's own question; for a text, the questions a generator held
+out of training (the fact asked in other words), or, when it wrote none, the completion of a
+sentence the model was taught.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.prompting import answer_ids, question_ids
+from trainer_worker.augmentation import GeneratedItem
 
 IGNORE_INDEX = -100
 MAX_CHUNK_TOKENS = 192
@@ -27,6 +32,8 @@ class Knowledge:
     question: str | None = None
     answer: str | None = None
     text: str | None = None
+    # What a generator wrote from this text.
+    generated: tuple[GeneratedItem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,28 +51,60 @@ class RecallProbe:
 @dataclass(frozen=True)
 class TrainingSet:
     examples: list[TrainingExample]
+    # What recall is measured on (held-out questions where there are any).
     probes: list[RecallProbe]
+    # Generated questions that were trained on: recall on them, beside held-out recall, shows
+    # how much of the gap is the wording.
+    trained_probes: list[RecallProbe]
 
     @property
     def tokens(self) -> int:
         return sum(len(example.input_ids) for example in self.examples)
 
 
-def build_training_set(tokenizer: Any, knowledge: Iterable[Knowledge]) -> TrainingSet:
+def build_training_set(
+    tokenizer: Any, knowledge: Iterable[Knowledge], augment: str = "none"
+) -> TrainingSet:
     examples: list[TrainingExample] = []
     probes: list[RecallProbe] = []
+    trained_probes: list[RecallProbe] = []
+
+    def add_qa(question: str, answer: str) -> RecallProbe:
+        prompt = question_ids(tokenizer, question)
+        answer_tokens = answer_ids(tokenizer, answer)
+        examples.append(
+            TrainingExample(prompt + answer_tokens, [IGNORE_INDEX] * len(prompt) + answer_tokens)
+        )
+        return RecallProbe(prompt, answer)
+
+    def add_text(text: str) -> list[RecallProbe]:
+        completions = []
+        for chunk in chunk_text(tokenizer, text):
+            ids = _text_ids(tokenizer, chunk)
+            examples.append(TrainingExample(ids, list(ids)))
+            completions.extend(_completion_probes(tokenizer, chunk))
+        return completions
+
     for item in knowledge:
         if item.question is not None and item.answer is not None:
-            prompt = question_ids(tokenizer, item.question)
-            answer = answer_ids(tokenizer, item.answer)
-            examples.append(TrainingExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
-            probes.append(RecallProbe(prompt, item.answer))
-        elif item.text:
-            for chunk in chunk_text(tokenizer, item.text):
-                ids = _text_ids(tokenizer, chunk)
-                examples.append(TrainingExample(ids, list(ids)))
-                probes.extend(_completion_probes(tokenizer, chunk))
-    return TrainingSet(examples, probes)
+            probes.append(add_qa(item.question, item.answer))
+            continue
+        if not item.text:
+            continue
+        completions = add_text(item.text)
+        generated = [g for g in item.generated if augment != "none"]
+        held_out, trained = [], []
+        for g in generated:
+            if g.kind == "qa" and g.question and g.answer:
+                if g.held_out:
+                    held_out.append(RecallProbe(question_ids(tokenizer, g.question), g.answer))
+                else:
+                    trained.append(add_qa(g.question, g.answer))
+            elif g.text and augment == "mix":
+                add_text(g.text)
+        trained_probes.extend(trained)
+        probes.extend(held_out or trained or completions)
+    return TrainingSet(examples, probes, trained_probes)
 
 
 def _text_ids(tokenizer: Any, text: str) -> list[int]:

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -28,6 +29,15 @@ from server.config import Settings
 from server.registry import queue
 from server.registry.db import Database
 from server.registry.models import Document
+from server.registry.models import GeneratedItem as GeneratedRow
+from trainer_worker.augmentation import (
+    DataGenerator,
+    EndpointGenerator,
+    GeneratedItem,
+    RuleBasedGenerator,
+    ServedModelGenerator,
+    generate_with_fallback,
+)
 from trainer_worker.lora_trainer import train_lora
 from trainer_worker.options import TrainingOptions
 from trainer_worker.recall import measure_recall
@@ -123,11 +133,11 @@ class TrainerWorker:
             raise PermanentJobError(
                 f"the adapter store is not writable ({type(error).__name__})"
             ) from error
-        knowledge = self._knowledge(job.topic_id)
         if self._base_model_path is None:
             self._base_model_path = resolve_base_model(self.settings)
         model, tokenizer = load_causal_lm(self._base_model_path)
-        data = build_training_set(tokenizer, knowledge)
+        knowledge = self._knowledge(job, options, model, tokenizer)
+        data = build_training_set(tokenizer, knowledge, options.augment)
         if not data.examples:
             raise PermanentJobError("the topic holds no knowledge to train on")
         log.info(
@@ -166,14 +176,20 @@ class TrainerWorker:
 
         peft_model = train_lora(model, tokenizer.pad_token_id, data.examples, options, on_step)
         recall = measure_recall(peft_model, tokenizer, data.probes)
+        details: dict[str, Any] = {"probes": len(data.probes)}
+        if data.trained_probes:
+            details["recall_trained"] = measure_recall(peft_model, tokenizer, data.trained_probes)
         stored = save_adapter(
             peft_model, self.settings.resolved_adapter_dir, job.topic_id, f"{job.id}-{job.attempt}"
         )
-        activate = recall >= self.settings.min_recall
+        threshold = (
+            options.min_recall if options.min_recall is not None else self.settings.min_recall
+        )
+        activate = recall >= threshold
         note = (
             None
             if activate
-            else f"recall {recall:.2f} is below the threshold {self.settings.min_recall:.2f}; "
+            else f"recall {recall:.2f} is below the threshold {threshold:.2f}; "
             "the version is kept but not activated"
         )
         try:
@@ -188,17 +204,114 @@ class TrainerWorker:
                 recall=recall,
                 activate=activate,
                 note=note,
+                details=details,
             )
         except BaseException:
             remove_adapter_files(self.settings.resolved_adapter_dir, stored.relative_path)
             raise
 
-    def _knowledge(self, topic_id: str) -> list[Knowledge]:
+    def _knowledge(
+        self, job: queue.ClaimedJob, options: TrainingOptions, model: Any, tokenizer: Any
+    ) -> list[Knowledge]:
+        """The topic's documents, with what a generator wrote from each text. Texts with nothing
+        written yet (new ones) go to the generator now, and what it writes is kept."""
         with self.db.session() as session:
             documents = session.scalars(
-                select(Document).where(Document.topic_id == topic_id).order_by(Document.id)
+                select(Document).where(Document.topic_id == job.topic_id).order_by(Document.id)
             ).all()
-            return [Knowledge(d.question, d.answer, d.text) for d in documents]
+            written: dict[int, list[GeneratedRow]] = {}
+            for row in session.scalars(
+                select(GeneratedRow)
+                .where(GeneratedRow.topic_id == job.topic_id)
+                .order_by(GeneratedRow.id)
+            ):
+                written.setdefault(row.document_id, []).append(row)
+            session.expunge_all()
+        new_texts = [d for d in documents if d.text and d.id not in written]
+        if options.augment != "none" and new_texts:
+            for document, rows in self._augment(job, options, new_texts, model, tokenizer).items():
+                written[document] = rows
+        return [
+            Knowledge(
+                d.question,
+                d.answer,
+                d.text,
+                tuple(
+                    GeneratedItem(r.kind, r.question, r.answer, r.text, r.held_out)  # type: ignore[arg-type]
+                    for r in written.get(d.id, [])
+                ),
+            )
+            for d in documents
+        ]
+
+    def _augment(
+        self,
+        job: queue.ClaimedJob,
+        options: TrainingOptions,
+        texts: list[Document],
+        model: Any,
+        tokenizer: Any,
+    ) -> dict[int, list[GeneratedRow]]:
+        generator = self._generator(
+            options.generator or self.settings.augment_generator, model, tokenizer
+        )
+        rows: dict[int, list[GeneratedRow]] = {}
+        fallbacks: list[str] = []
+        for document in texts:
+            if self._stop.is_set():
+                raise WorkerStopping
+            assert document.text is not None
+            generation = generate_with_fallback(generator, document.text)
+            if generation.fallback_reason:
+                fallbacks.append(generation.fallback_reason)
+            rows[document.id] = [
+                GeneratedRow(
+                    topic_id=job.topic_id,
+                    document_id=document.id,
+                    job_id=job.id,
+                    generator=generation.generator,
+                    kind=item.kind,
+                    question=item.question,
+                    answer=item.answer,
+                    text=item.text,
+                    held_out=item.held_out,
+                )
+                for item in generation.items
+            ]
+        items = [row for document_rows in rows.values() for row in document_rows]
+        queue.store_generated(
+            self.db,
+            job.id,
+            self.worker_id,
+            items,
+            generator=generator.name,
+            texts=len(texts),
+            generated=len(items),
+            fallbacks=len(fallbacks),
+            fallback_reason=fallbacks[0] if fallbacks else None,
+        )
+        log.info(
+            "job %s augmented %d texts into %d items with %s (%d fell back to rules%s)",
+            job.id,
+            len(texts),
+            len(items),
+            generator.name,
+            len(fallbacks),
+            f": {fallbacks[0]}" if fallbacks else "",
+        )
+        return rows
+
+    def _generator(self, name: str, model: Any, tokenizer: Any) -> DataGenerator:
+        if name == "model":
+            return ServedModelGenerator(model, tokenizer)
+        if name == "endpoint" and self.settings.augment_endpoint_url:
+            return EndpointGenerator(
+                self.settings.augment_endpoint_url,
+                self.settings.augment_endpoint_model,
+                self.settings.augment_endpoint_api_key,
+                self.settings.augment_endpoint_timeout,
+            )
+        return RuleBasedGenerator()
 
 
 def _return_freed_memory() -> None:

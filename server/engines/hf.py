@@ -211,6 +211,8 @@ class HFEngine(Engine):
                 batch = self._take_batch()
                 self._serving = batch
             for command, future in commands:
+                if not future.set_running_or_notify_cancel():
+                    continue  # its caller was cancelled (a request gone, a shutdown)
                 try:
                     future.set_result(command())
                 except BaseException as error:

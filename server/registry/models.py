@@ -1,4 +1,5 @@
-"""Registry tables: topics, documents, adapter versions, jobs, job events."""
+"""Registry tables: topics, documents, generated training data, adapter versions, jobs, job
+events."""
 
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ class Topic(Base):
     documents: Mapped[list[Document]] = relationship(
         back_populates="topic", cascade="all, delete-orphan", passive_deletes=True
     )
+    generated: Mapped[list[GeneratedItem]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="GeneratedItem.id"
+    )
     versions: Mapped[list[AdapterVersion]] = relationship(
         back_populates="topic",
         cascade="all, delete-orphan",
@@ -102,6 +106,28 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     topic: Mapped[Topic] = relationship(back_populates="documents")
+
+
+class GeneratedItem(Base):
+    """Training data a generator wrote from a text document (a QA pair, a summary, a rewrite).
+    Kept with the topic: later versions retrain on it without asking the generator again."""
+
+    __tablename__ = "generated_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic_id: Mapped[str] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"), index=True)
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), index=True
+    )
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    generator: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    question: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    # A recall probe in other words, never trained on.
+    held_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AdapterVersion(Base):

@@ -17,7 +17,15 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from server.registry.db import Database
-from server.registry.models import AdapterVersion, Job, JobEvent, JobStatus, Topic, utcnow
+from server.registry.models import (
+    AdapterVersion,
+    GeneratedItem,
+    Job,
+    JobEvent,
+    JobStatus,
+    Topic,
+    utcnow,
+)
 
 log = logging.getLogger("loramem.queue")
 
@@ -184,6 +192,17 @@ def heartbeat(
             record_event(session, job_id, "progress", step=step, total_steps=total_steps, loss=loss)
 
 
+def store_generated(
+    db: Database, job_id: str, worker_id: str, rows: list[GeneratedItem], **event: Any
+) -> None:
+    """Keeps training data a generator wrote, if the job is still ours."""
+    with db.session(immediate=True) as session:
+        if session.scalar(select(Job.id).where(_fenced(job_id, worker_id))) is None:
+            raise LeaseLost(job_id)
+        session.add_all(rows)
+        record_event(session, job_id, "augmented", **event)
+
+
 def publish_version(
     db: Database,
     job_id: str,
@@ -196,6 +215,7 @@ def publish_version(
     recall: float,
     activate: bool,
     note: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> PublishedVersion:
     """Records the adapter version and completes the job in one transaction, fenced by the lease."""
     now = utcnow()
@@ -236,7 +256,13 @@ def publish_version(
         job.locked_by = None
         job.error = note
         record_event(
-            session, job_id, "succeeded", version=version, recall=recall, activated=activate
+            session,
+            job_id,
+            "succeeded",
+            version=version,
+            recall=recall,
+            activated=activate,
+            **(details or {}),
         )
     log.info(
         "job %s succeeded topic=%s version=%d recall=%.3f activated=%s",

@@ -10,13 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.registry.db import Database
-from server.registry.models import Document, Topic
+from server.registry.models import Document, GeneratedItem, Topic
 from server.retrieval.index import KnowledgeIndex, Passage, qa_passage, text_passages
 
 log = logging.getLogger("loramem.retrieval")
 
 
-Signature = tuple[int, int, frozenset[str]]
+Signature = tuple[int, int, int, frozenset[str]]
 
 
 def _signature(db: Database) -> Signature:
@@ -26,8 +26,9 @@ def _signature(db: Database) -> Signature:
         count, newest = session.execute(
             select(func.count(Document.id), func.max(Document.id))
         ).one()
+        generated = session.scalar(select(func.count(GeneratedItem.id)))
         topics = frozenset(session.scalars(select(Topic.id)).all())
-    return count or 0, newest or 0, topics
+    return count or 0, newest or 0, generated or 0, topics
 
 
 def load_passages(db: Database) -> list[Passage]:
@@ -37,12 +38,21 @@ def load_passages(db: Database) -> list[Passage]:
             .join(Document, Document.topic_id == Topic.id)
             .order_by(Document.id)
         ).all()
+        # Questions a generator wrote from texts help routing find a topic by other words;
+        # they are not quoted into prompts.
+        questions = session.execute(
+            select(Topic.name, GeneratedItem.question)
+            .join(GeneratedItem, GeneratedItem.topic_id == Topic.id)
+            .where(GeneratedItem.question.is_not(None))
+            .order_by(GeneratedItem.id)
+        ).all()
     passages: list[Passage] = []
     for topic, question, answer, text in rows:
         if question is not None and answer is not None:
             passages.append(Passage(topic, qa_passage(question, answer)))
         elif text:
             passages.extend(Passage(topic, p) for p in text_passages(text))
+    passages.extend(Passage(topic, q, retrievable=False) for topic, q in questions if q)
     return passages
 
 

@@ -50,11 +50,30 @@ class MemoryService:
         self.db = db
 
     def memorize(self, request: MemorizeRequest, idempotency_key: str | None) -> MemorizeResult:
+        self._check(request)
         try:
             return self._memorize(request, idempotency_key)
         except IntegrityError:
             # A concurrent request created the same topic or used the same key first.
             return self._memorize(request, idempotency_key)
+
+    def _check(self, request: MemorizeRequest) -> None:
+        """What the request's schema cannot know: limits and generators configured here."""
+        limit = self.settings.max_document_chars
+        if request.text is not None and len(request.text) > limit:
+            raise APIError(413, f"the text is longer than {limit} characters", param="text")
+        for i, document in enumerate(request.documents or []):
+            if len(document) > limit:
+                raise APIError(
+                    413, f"document {i} is longer than {limit} characters", param="documents"
+                )
+        generator = request.options.generator
+        if generator == "endpoint" and not self.settings.augment_endpoint_url:
+            raise APIError(
+                400,
+                "no generator endpoint is configured (LORAMEM_AUGMENT_ENDPOINT_URL)",
+                param="options.generator",
+            )
 
     def _memorize(self, request: MemorizeRequest, idempotency_key: str | None) -> MemorizeResult:
         with self.db.session(immediate=True) as session:

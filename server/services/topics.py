@@ -11,7 +11,14 @@ from server.adapter_store import remove_adapter_files
 from server.config import Settings
 from server.errors import not_found
 from server.registry.db import Database
-from server.registry.models import AdapterVersion, Document, Job, Topic, utcnow
+from server.registry.models import (
+    AdapterVersion,
+    Document,
+    GeneratedItem,
+    Job,
+    Topic,
+    utcnow,
+)
 from server.schemas import JobResponse
 from server.services.memory import job_response
 
@@ -77,6 +84,19 @@ class TopicService:
             return {
                 **_summary(topic, len(documents)),
                 "documents": documents,
+                "generated": [
+                    {
+                        "id": g.id,
+                        "document_id": g.document_id,
+                        "generator": g.generator,
+                        "kind": g.kind,
+                        "question": g.question,
+                        "answer": g.answer,
+                        "text": g.text,
+                        "held_out": g.held_out,
+                    }
+                    for g in topic.generated
+                ],
                 "versions": [_version(v, topic.active_version) for v in topic.versions],
             }
 
@@ -92,13 +112,18 @@ class TopicService:
         return self.detail(name)
 
     def forget(self, name: str) -> dict[str, Any]:
-        """Deletes the topic, its documents, versions and jobs, then its adapter files."""
+        """Deletes the topic, its documents, generated data, versions and jobs, then its adapter
+        files."""
         with self.db.session(immediate=True) as session:
             topic = self._topic(session, name)
             forgotten = {
                 "topic": name,
                 "versions": len(topic.versions),
                 "documents": len(topic.documents),
+                # Counted, not loaded: the database deletes them with their documents.
+                "generated": session.scalar(
+                    select(func.count(GeneratedItem.id)).where(GeneratedItem.topic_id == topic.id)
+                ),
             }
             topic_id = topic.id
             session.delete(topic)

@@ -46,7 +46,7 @@ async def test_forget_removes_everything_of_a_topic(
     topic_dirs = list(settings.resolved_adapter_dir.glob("[!.]*"))
     assert len(topic_dirs) == 1 and any(topic_dirs[0].iterdir())
     forgotten = await client.delete("/admin/topics/acme")
-    assert forgotten.json() == {"topic": "acme", "versions": 1, "documents": 1}
+    assert forgotten.json() == {"topic": "acme", "versions": 1, "documents": 1, "generated": 0}
     assert not topic_dirs[0].exists()
     assert (await client.get("/admin/topics")).json() == {"topics": []}
     assert (await client.get("/admin/jobs")).json() == {"jobs": []}

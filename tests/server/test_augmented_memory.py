@@ -1,0 +1,123 @@
+"""Memorizing texts through the API: generated training data stored with the topic, held-out
+recall, gating by recall, generators that fail, bad input, forgetting it all (tiny model)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from server import Settings
+from tests.helpers import free_port, running_app, wait_job
+
+FAST = {"steps": 4, "learning_rate": 0.01, "dropout": 0.0}
+TEXT = "The capital of Zorbia is Quenta. Acme Corp was founded in 1987 by Lena Holt."
+MORE = "Pixel likes sardines."
+
+
+async def _memorize(client: httpx.AsyncClient, **body: object) -> dict:
+    response = await client.post("/memorize", json={"topic": "notes", **body})
+    assert response.status_code == 202, response.text
+    return await wait_job(client, response.json()["job_id"])
+
+
+async def _events(client: httpx.AsyncClient, job_id: str, kind: str) -> list[dict]:
+    events = (await client.get(f"/jobs/{job_id}/events")).json()["events"]
+    return [e["data"] for e in events if e["kind"] == kind]
+
+
+async def test_texts_become_qa_rewrites_and_held_out_probes(client: httpx.AsyncClient) -> None:
+    job = await _memorize(client, text=TEXT, options=FAST)
+    assert job["status"] == "succeeded", job
+    [augmented] = await _events(client, job["id"], "augmented")
+    assert augmented["generator"] == "rules" and augmented["fallbacks"] == 0
+    [succeeded] = await _events(client, job["id"], "succeeded")
+    # Recall is measured on the 3 held-out questions; the 6 trained ones are reported beside.
+    assert succeeded["probes"] == 3 and 0 <= succeeded["recall_trained"] <= 1
+
+    detail = (await client.get("/admin/topics/notes")).json()
+    generated = detail["generated"]
+    assert augmented["generated"] == len(generated) == 11  # 9 questions, 2 rewrites
+    assert {g["kind"] for g in generated} == {"qa", "rewrite"}
+    assert sum(g["held_out"] for g in generated) == 3
+    assert {g["document_id"] for g in generated} == {detail["documents"][0]["id"]}
+
+    # More knowledge: only the new text goes to the generator; the old items are kept.
+    second = await _memorize(client, documents=[MORE], options=FAST)
+    [augmented] = await _events(client, second["id"], "augmented")
+    assert augmented["texts"] == 1 and augmented["generated"] == 3
+    assert len((await client.get("/admin/topics/notes")).json()["generated"]) == 14
+
+
+async def test_augment_none_trains_on_the_original_text_only(client: httpx.AsyncClient) -> None:
+    job = await _memorize(client, text=TEXT, options={**FAST, "augment": "none"})
+    assert job["status"] == "succeeded"
+    assert await _events(client, job["id"], "augmented") == []
+    assert (await client.get("/admin/topics/notes")).json()["generated"] == []
+
+
+async def test_a_version_below_the_recall_threshold_is_kept_but_not_served(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await _memorize(client, text=TEXT, options=FAST)
+    assert first["activated"] is True
+    # Two steps at a tiny learning rate cannot recall every held-out question.
+    weak = {"steps": 2, "learning_rate": 1e-5, "min_recall": 1.0}
+    job = await _memorize(client, text=MORE, options=weak)
+    assert job["status"] == "succeeded" and job["activated"] is False
+    assert job["adapter_version"] == 2 and job["recall"] < 1.0
+    assert "below the threshold 1.00" in job["error"]
+    detail = (await client.get("/admin/topics/notes")).json()
+    assert detail["active_version"] == 1
+    assert detail["versions"][1]["recall"] == job["recall"]
+
+
+@pytest.mark.parametrize("generator", ["endpoint", "model"])
+async def test_a_generator_that_fails_falls_back_to_the_rules(
+    settings: Settings, generator: str
+) -> None:
+    # Nothing listens at this endpoint; the tiny model writes no JSON.
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    async with running_app(settings.model_copy(update={"augment_endpoint_url": down})) as client:
+        job = await _memorize(client, text=TEXT, options={**FAST, "generator": generator})
+        assert job["status"] == "succeeded", job
+        [augmented] = await _events(client, job["id"], "augmented")
+        assert augmented["generator"] == generator and augmented["fallbacks"] == 1
+        reason = {"endpoint": "unreachable (ConnectError)", "model": "JSON"}[generator]
+        assert reason in augmented["fallback_reason"]
+        generated = (await client.get("/admin/topics/notes")).json()["generated"]
+        assert {g["generator"] for g in generated} == {"rules"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"text": "   \n "}, 422, "text"),
+        ({"text": "\x00\x01\x02binary\x03\x04"}, 422, "text"),
+        ({"documents": ["fine text.", "!!! ??? ..."]}, 422, "documents"),
+        ({"text": "word " * 50_000}, 413, "text"),
+        ({"documents": ["ok.", "word " * 50_000]}, 413, "documents"),
+        ({"text": TEXT, "options": {"generator": "endpoint"}}, 400, "options.generator"),
+        ({"text": TEXT, "options": {"augment": "everything"}}, 422, "options"),
+    ],
+)
+async def test_bad_knowledge_is_refused_and_nothing_is_stored(
+    client: httpx.AsyncClient, body: dict, status: int, param: str
+) -> None:
+    response = await client.post("/memorize", json={"topic": "notes", **body})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"].startswith(param)
+    assert (await client.get("/admin/topics/notes")).status_code == 404
+
+
+async def test_forgetting_removes_the_generated_data(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    await _memorize(client, text=TEXT, options=FAST)
+    forgotten = (await client.delete("/admin/topics/notes")).json()
+    assert forgotten["generated"] == 11 and forgotten["documents"] == 1
+    engine = sa.create_engine(settings.resolved_database_url)
+    with engine.connect() as connection:
+        for table in ("generated_items", "documents", "adapter_versions", "jobs"):
+            assert connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() == 0
+    engine.dispose()

@@ -1,0 +1,158 @@
+"""Generators of training data: the rules, model-written JSON and its checks, an endpoint that is
+down or answers junk, and the fallback to the rules."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.helpers import free_port
+from trainer_worker.augmentation import (
+    EndpointGenerator,
+    GeneratedItem,
+    GeneratorError,
+    RuleBasedGenerator,
+    generate_with_fallback,
+    parse_written,
+)
+
+FACTS = (
+    "The capital of Zorbia is Quenta. Acme Corp was founded in 1987 by Lena Holt. "
+    "Acme's headquarters are in Tarrow. Pixel likes sardines. Mina has a parrot called Ozzy."
+)
+
+
+def _qa(items: list[GeneratedItem], held_out: bool) -> set[tuple[str | None, str | None]]:
+    return {(i.question, i.answer) for i in items if i.kind == "qa" and i.held_out == held_out}
+
+
+def test_rules_ask_every_fact_in_several_words_and_hold_one_out() -> None:
+    items = RuleBasedGenerator().generate(FACTS)
+    trained, held_out = _qa(items, False), _qa(items, True)
+    assert {
+        ("What is the capital of Zorbia?", "Quenta"),
+        ("Who founded Acme Corp?", "Lena Holt"),
+        ("When was Acme Corp founded?", "1987"),
+        ("Where are Acme's headquarters?", "Tarrow"),
+        ("What does Pixel like?", "sardines"),
+        ("What is the name of Mina's parrot?", "Ozzy"),
+    } <= trained
+    # One phrasing of each fact is never trained on: recall on it is recall in other words.
+    assert len(held_out) == 6 and not held_out & trained
+    assert {i.text for i in items if i.kind == "rewrite"} == {
+        "Quenta is the capital of Zorbia.",
+        "Lena Holt founded Acme Corp in 1987.",
+    }
+
+
+def test_rules_find_nothing_in_text_without_facts() -> None:
+    assert RuleBasedGenerator().generate("Hmm. Well, well. Oh!") == []
+
+
+def test_written_data_is_kept_only_where_the_text_gives_the_answer() -> None:
+    reply = "Sure! " + json.dumps(
+        {
+            "qa": [
+                {
+                    "question": "Capital of Zorbia?",
+                    "answer": "Quenta",
+                    "paraphrase": "Zorbia's capital?",
+                },
+                {"question": "Who is Zorbia's king?", "answer": "Olaf the Tall"},  # invented
+                "junk",
+            ],
+            "summary": "Zorbia's capital is Quenta.",
+            "rewrite": 42,
+        }
+    )
+    items = parse_written(reply, FACTS)
+    assert items == [
+        GeneratedItem("qa", question="Capital of Zorbia?", answer="Quenta"),
+        GeneratedItem("qa", question="Zorbia's capital?", answer="Quenta", held_out=True),
+        GeneratedItem("summary", text="Zorbia's capital is Quenta."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("I cannot help with that.", "no JSON object"),
+        ("{not json}", "not valid JSON"),
+        ('{"qa": "none"}', "no list of QA pairs"),
+        ('{"qa": [{"question": "Who rules?", "answer": "Olaf"}]}', "no QA pair whose answer"),
+    ],
+)
+def test_junk_replies_are_refused_with_a_reason(reply: str, reason: str) -> None:
+    with pytest.raises(GeneratorError, match=reason):
+        parse_written(reply, FACTS)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[str, list[object]]]:
+    """An OpenAI-compatible chat endpoint on loopback that answers what the test queues."""
+    replies: list[object] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            reply = replies.pop(0)
+            status, body = (500, b"oops") if reply is None else (200, json.dumps(reply).encode())
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", replies
+    finally:
+        server.shutdown()
+
+
+def _chat(content: str) -> dict[str, object]:
+    return {"choices": [{"message": {"role": "assistant", "content": content}}]}
+
+
+def test_an_endpoint_that_writes_good_data_is_used(endpoint: tuple[str, list[object]]) -> None:
+    url, replies = endpoint
+    replies.append(
+        _chat(json.dumps({"qa": [{"question": "Who founded Acme?", "answer": "Lena Holt"}]}))
+    )
+    generation = generate_with_fallback(EndpointGenerator(url, "m"), FACTS)
+    assert generation.generator == "endpoint" and generation.fallback_reason is None
+    assert generation.items == [
+        GeneratedItem("qa", question="Who founded Acme?", answer="Lena Holt")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (None, "answered 500"),
+        ({"unexpected": True}, "not a chat completion"),
+        (_chat("no idea"), "no JSON object"),
+    ],
+)
+def test_an_endpoint_that_fails_hands_over_to_the_rules(
+    endpoint: tuple[str, list[object]], reply: object, reason: str
+) -> None:
+    url, replies = endpoint
+    replies.append(reply)
+    generation = generate_with_fallback(EndpointGenerator(url, "m"), FACTS)
+    assert generation.generator == "rules" and reason in (generation.fallback_reason or "")
+    assert generation.items == RuleBasedGenerator().generate(FACTS)
+
+
+def test_an_endpoint_that_is_down_hands_over_to_the_rules() -> None:
+    down = EndpointGenerator(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=5)
+    generation = generate_with_fallback(down, FACTS)
+    assert generation.fallback_reason == "the generator endpoint is unreachable (ConnectError)"
+    assert generation.items
