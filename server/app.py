@@ -43,26 +43,28 @@ EngineFactory = Callable[[Settings, Path], Engine]
 
 
 async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
+    """Prepares the base model, starts the engine, loads active adapters, builds the knowledge
+    index; then keeps adapters and index in line with the registry."""
     try:
         model_path = await asyncio.to_thread(resolve_base_model, state.settings)
         engine = engine_factory(state.settings, model_path)
         await engine.start()
+        state.engine = engine
+        router = state.router = AdapterRouter(state.settings, state.db, engine)
+        await router.refresh()
+        index = KnowledgeIndex(await asyncio.to_thread(create_scorer, state.settings.retrieval))
+        refresher = state.index_refresher = IndexRefresher(index, state.db)
+        await asyncio.to_thread(refresher.refresh)
     except Exception as error:
         # Our own errors say what to fix, without paths; others show only their kind.
         ours = isinstance(error, EngineError | BaseModelError)
         state.startup_error = str(error) if ours else type(error).__name__
-        log.exception("the engine failed to start")
+        log.exception("the server failed to start")
         return
-    state.engine = engine
-    state.router = AdapterRouter(state.settings, state.db, engine)
-    await state.router.refresh()
-    index = KnowledgeIndex(await asyncio.to_thread(create_scorer, state.settings.retrieval))
-    refresher = state.index_refresher = IndexRefresher(index, state.db)
-    await asyncio.to_thread(refresher.refresh)
-    state.generation = GenerationService(state.settings, engine, state.router, index, state.metrics)
+    state.generation = GenerationService(state.settings, engine, router, refresher, state.metrics)
     log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
     interval = state.settings.version_poll_seconds
-    await asyncio.gather(state.router.watch(interval), refresher.watch(interval))
+    await asyncio.gather(router.watch(interval), refresher.watch(interval))
 
 
 def create_app(

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     retrieval: Literal["auto", "minilm", "bm25"] = "auto"
     route_min_score: float | None = Field(None, ge=0.0, le=1.0)
     rag_passages: int = Field(3, ge=1, le=32, description="passages put into a rag/hybrid prompt")
+    # A topic of several modules: how many of them answer a request (the best matches); more
+    # than one are composed by TIES merging, keeping `merge_density` of each module's update.
+    route_top_k: int = Field(1, ge=1, le=8)
+    merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.
     version_poll_seconds: float = Field(1.0, gt=0)
@@ -65,6 +69,10 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(3, ge=1)
     # A version whose recall falls below this is stored but not activated.
     min_recall: float = Field(0.0, ge=0.0, le=1.0)
+    # Module capacity: tokens of knowledge a rank-r module holds (tokens_per_rank x r, at most
+    # max_tokens); a topic that outgrows its module is split into several small ones.
+    module_tokens_per_rank: int = Field(512, ge=1)
+    module_max_tokens: int = Field(16_384, ge=1)
     # Who turns texts into QA pairs, summaries and rewrites: rules (no model), the base model
     # itself, or an OpenAI-compatible endpoint (its /v1 URL, model name and key).
     augment_generator: Literal["rules", "model", "endpoint"] = "rules"

@@ -21,7 +21,7 @@ from server.config import Settings
 from server.engines import AdapterLoadError, Engine, LoRAAdapter
 from server.errors import APIError, not_found
 from server.registry.db import Database
-from server.registry.models import AdapterVersion, Topic
+from server.registry.models import AdapterVersion, Module, Topic
 
 log = logging.getLogger("loramem.routing")
 
@@ -29,13 +29,20 @@ log = logging.getLogger("loramem.routing")
 @dataclass(frozen=True)
 class ActiveAdapter:
     topic: str
+    topic_id: str
+    module: int
     version: int
     adapter: LoRAAdapter
+
+
+ModuleKey = tuple[str, int]
 
 
 @dataclass(frozen=True)
 class _VersionRecord:
     topic: str
+    topic_id: str
+    module: int
     version: int
     version_id: int
     path: str
@@ -53,44 +60,48 @@ class AdapterRouter:
         self.settings = settings
         self.db = db
         self.engine = engine
-        self._active: dict[str, ActiveAdapter] = {}
+        self._active: dict[ModuleKey, ActiveAdapter] = {}
         self._rejected: set[int] = set()
         self._lock = asyncio.Lock()
 
-    def active(self) -> dict[str, ActiveAdapter]:
+    def active(self) -> dict[ModuleKey, ActiveAdapter]:
         return dict(self._active)
 
-    async def resolve(self, topic: str) -> ActiveAdapter:
-        """The adapter serving `topic`: 404 for an unknown topic, 409 before its first version."""
+    def _of_topic(self, topic: str) -> list[ActiveAdapter]:
+        return [a for (name, _), a in sorted(self._active.items()) if name == topic]
+
+    async def resolve(self, topic: str) -> list[ActiveAdapter]:
+        """The adapters serving `topic`'s modules: 404 for an unknown topic, 409 before its
+        first version."""
         active = await self.find(topic)
-        if active is None:
+        if not active:
             raise APIError(
                 409, f"topic '{topic}' has no trained version yet", type="topic_not_ready"
             )
         return active
 
-    async def find(self, topic: str) -> ActiveAdapter | None:
-        """The adapter serving `topic`, None before its first version; 404 for an unknown topic.
-        A version published since the last poll is loaded now."""
-        current = self._active.get(topic)
-        if current is not None:
+    async def find(self, topic: str) -> list[ActiveAdapter]:
+        """The adapters serving `topic`'s modules, none before its first version; 404 for an
+        unknown topic. A version published since the last poll is loaded now."""
+        current = self._of_topic(topic)
+        if current:
             return current
-        exists, record = await asyncio.to_thread(self._load_record, topic)
+        exists, records = await asyncio.to_thread(self._load_topic, topic)
         if not exists:
             raise not_found("topic", param="topic")
-        if record is None:
-            return None
         async with self._lock:
-            activated = await self._activate(record)
-        if activated is None:
+            for record in records:
+                await self._activate(record)
+        active = self._of_topic(topic)
+        if records and not active:
             raise APIError(
-                503, f"the adapter of topic '{topic}' cannot be served", type="not_ready"
+                503, f"the adapters of topic '{topic}' cannot be served", type="not_ready"
             )
-        return activated
+        return active
 
     async def require_topic(self, topic: str) -> None:
-        if topic not in self._active:
-            exists, _ = await asyncio.to_thread(self._load_record, topic)
+        if not self._of_topic(topic):
+            exists, _ = await asyncio.to_thread(self._load_topic, topic)
             if not exists:
                 raise not_found("topic", param="topic")
 
@@ -98,12 +109,12 @@ class AdapterRouter:
         """Brings the table in line with the registry's active versions."""
         records = await asyncio.to_thread(self._load_records)
         async with self._lock:
-            for topic in set(self._active) - set(records):
-                gone = self._active.pop(topic)
-                log.info("topic %s no longer has an active version; unloading", topic)
+            for key in set(self._active) - set(records):
+                gone = self._active.pop(key)
+                log.info("topic %s module %d no longer has an active version; unloading", *key)
                 await self.engine.remove_adapter(gone.adapter.name)
-            for record in records.values():
-                current = self._active.get(record.topic)
+            for key, record in records.items():
+                current = self._active.get(key)
                 if current is None or current.version != record.version:
                     await self._activate(record)
 
@@ -120,7 +131,8 @@ class AdapterRouter:
             await asyncio.sleep(interval)
 
     async def _activate(self, record: _VersionRecord) -> ActiveAdapter | None:
-        current = self._active.get(record.topic)
+        key = (record.topic, record.module)
+        current = self._active.get(key)
         if current is not None and current.version == record.version:
             return current
         if record.version_id in self._rejected:
@@ -152,36 +164,48 @@ class AdapterRouter:
                 f"version {current.version} keeps serving" if current else "nothing to serve",
             )
             return None
-        activated = ActiveAdapter(record.topic, record.version, adapter)
-        self._active[record.topic] = activated
+        activated = ActiveAdapter(
+            record.topic, record.topic_id, record.module, record.version, adapter
+        )
+        self._active[key] = activated
         log.info(
-            "topic %s now served by version %d (%s)", record.topic, record.version, adapter.name
+            "topic %s module %d now served by version %d (%s)",
+            record.topic,
+            record.module,
+            record.version,
+            adapter.name,
         )
         if current is not None:
             await self.engine.remove_adapter(current.adapter.name)
         return activated
 
-    def _query(self) -> Select[str, int, int, str, str, int]:
-        return select(
-            Topic.name,
-            AdapterVersion.version,
-            AdapterVersion.id,
-            AdapterVersion.path,
-            AdapterVersion.sha256,
-            AdapterVersion.rank,
-        ).join(
-            AdapterVersion,
-            (AdapterVersion.topic_id == Topic.id)
-            & (AdapterVersion.version == Topic.active_version),
+    def _query(self) -> Select[str, str, int, int, int, str, str, int]:
+        return (
+            select(
+                Topic.name,
+                Topic.id,
+                Module.number,
+                AdapterVersion.version,
+                AdapterVersion.id,
+                AdapterVersion.path,
+                AdapterVersion.sha256,
+                AdapterVersion.rank,
+            )
+            .join(Module, Module.topic_id == Topic.id)
+            .join(
+                AdapterVersion,
+                (AdapterVersion.topic_id == Topic.id)
+                & (AdapterVersion.version == Module.active_version),
+            )
         )
 
-    def _load_records(self) -> dict[str, _VersionRecord]:
+    def _load_records(self) -> dict[ModuleKey, _VersionRecord]:
         with self.db.session() as session:
             rows = session.execute(self._query()).all()
-        return {row[0]: _VersionRecord(*row) for row in rows}
+        return {(row[0], row[2]): _VersionRecord(*row) for row in rows}
 
-    def _load_record(self, topic: str) -> tuple[bool, _VersionRecord | None]:
+    def _load_topic(self, topic: str) -> tuple[bool, list[_VersionRecord]]:
         with self.db.session() as session:
             exists = session.scalar(select(Topic.id).where(Topic.name == topic)) is not None
-            row = session.execute(self._query().where(Topic.name == topic)).one_or_none()
-        return exists, _VersionRecord(*row) if row else None
+            rows = session.execute(self._query().where(Topic.name == topic)).all()
+        return exists, [_VersionRecord(*row) for row in rows]

@@ -122,6 +122,9 @@ class GenerateRequest(_Strict):
         | None
     ) = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    top_k: int | None = Field(
+        None, ge=1, le=8, description="modules of the topic that answer (merged by TIES if > 1)"
+    )
     stream: bool = False
 
 
@@ -129,6 +132,7 @@ class AdapterUsed(BaseModel):
     topic: str
     version: int
     score: float
+    module: int = 0
 
 
 class Usage(BaseModel):

@@ -126,7 +126,7 @@ def test_memorize_recall_and_update_on_the_default_model(
     time.sleep(1.5)  # the version poll
     for question, answer in FACTS:
         reply = _ask(client, question, topic="acme")
-        assert reply["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0}]
+        assert reply["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0, "module": 0}]
         assert _recalled(answer, reply["text"]), (question, reply["text"])
         assert not _recalled(answer, _ask(client, question, topic="acme", mode="base")["text"])
 

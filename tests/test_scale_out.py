@@ -207,7 +207,9 @@ def test_two_servers_and_two_workers_share_one_registry(
                     },
                 )
                 assert reply.status_code == 200
-                assert reply.json()["adapters"] == [{"topic": topic, "version": 1, "score": 1.0}]
+                assert reply.json()["adapters"] == [
+                    {"topic": topic, "version": 1, "score": 1.0, "module": 0}
+                ]
                 assert reply.json()["text"].startswith(f"K{n}Z")
         _assert_each_job_published_once(db, store)
         with db.session() as session:

@@ -28,7 +28,7 @@ from server.base_model import load_causal_lm, resolve_base_model
 from server.config import Settings
 from server.registry import queue
 from server.registry.db import Database
-from server.registry.models import Document
+from server.registry.models import Document, Module
 from server.registry.models import GeneratedItem as GeneratedRow
 from trainer_worker.augmentation import (
     DataGenerator,
@@ -39,6 +39,7 @@ from trainer_worker.augmentation import (
     generate_with_fallback,
 )
 from trainer_worker.lora_trainer import train_lora
+from trainer_worker.modules import ModuleLoad, StoredDocument, assign_modules, module_capacity
 from trainer_worker.options import TrainingOptions
 from trainer_worker.recall import measure_recall
 from trainer_worker.training_data import Knowledge, build_training_set
@@ -136,21 +137,44 @@ class TrainerWorker:
         if self._base_model_path is None:
             self._base_model_path = resolve_base_model(self.settings)
         model, tokenizer = load_causal_lm(self._base_model_path)
-        knowledge = self._knowledge(job, options, model, tokenizer)
-        data = build_training_set(tokenizer, knowledge, options.augment)
-        if not data.examples:
+        documents = self._knowledge(job, options, model, tokenizer)
+        capacity = module_capacity(
+            options.rank, self.settings.module_tokens_per_rank, self.settings.module_max_tokens
+        )
+        assignments, loads = assign_modules(
+            tokenizer, documents, self._module_loads(job.topic_id), capacity
+        )
+        # An earlier job of the topic may have learned this job's documents already (it saw
+        # them in the registry): their modules are retrained all the same.
+        changed = sorted(
+            set(assignments.values())
+            | {d.module for d in documents if d.job_id == job.id and d.module is not None}
+        )
+        if not changed:
             raise PermanentJobError("the topic holds no knowledge to train on")
+        sets = {}
+        for number in changed:
+            knowledge = [
+                d.knowledge for d in documents if assignments.get(d.id, d.module) == number
+            ]
+            sets[number] = build_training_set(tokenizer, knowledge, options.augment)
+            if not sets[number].examples:
+                raise PermanentJobError("the topic holds no knowledge to train on")
+        grand_total = sum(options.total_steps(len(data.examples)) for data in sets.values())
         log.info(
-            "job %s training topic=%s examples=%d tokens=%d rank=%d",
+            "job %s training topic=%s modules=%s examples=%d tokens=%d rank=%d steps=%d",
             job.id,
             job.topic_name,
-            len(data.examples),
-            data.tokens,
+            ",".join(map(str, changed)),
+            sum(len(data.examples) for data in sets.values()),
+            sum(data.tokens for data in sets.values()),
             options.rank,
+            grand_total,
         )
 
         last_beat = 0.0
         last_step = time.monotonic()
+        done = 0
 
         def on_step(step: int, total: int, loss: float) -> None:
             nonlocal last_beat, last_step
@@ -159,60 +183,94 @@ class TrainerWorker:
             if self.observe_step is not None:
                 self.observe_step(time.monotonic() - last_step)
             last_step = time.monotonic()
-            event = step % max(1, total // PROGRESS_EVENTS_PER_JOB) == 0 or step == total
+            step += done
+            event = step % max(1, grand_total // PROGRESS_EVENTS_PER_JOB) == 0
             now = time.monotonic()
-            if event or now - last_beat > 1.0 or step == 1:
+            if event or step == grand_total or now - last_beat > 1.0 or step == 1:
                 queue.heartbeat(
                     self.db,
                     job.id,
                     self.worker_id,
                     self.settings.lease_seconds,
                     step=step,
-                    total_steps=total,
+                    total_steps=grand_total,
                     loss=loss,
-                    event=event,
+                    event=event or step == grand_total,
                 )
                 last_beat = now
 
-        peft_model = train_lora(model, tokenizer.pad_token_id, data.examples, options, on_step)
-        recall = measure_recall(peft_model, tokenizer, data.probes)
-        details: dict[str, Any] = {"probes": len(data.probes)}
-        if data.trained_probes:
-            details["recall_trained"] = measure_recall(peft_model, tokenizer, data.trained_probes)
-        stored = save_adapter(
-            peft_model, self.settings.resolved_adapter_dir, job.topic_id, f"{job.id}-{job.attempt}"
-        )
         threshold = (
             options.min_recall if options.min_recall is not None else self.settings.min_recall
         )
-        activate = recall >= threshold
-        note = (
-            None
-            if activate
-            else f"recall {recall:.2f} is below the threshold {threshold:.2f}; "
-            "the version is kept but not activated"
-        )
+        trained: list[queue.TrainedModule] = []
+        details: dict[str, Any] = {"probes": 0}
         try:
-            queue.publish_version(
+            for number, data in sets.items():
+                peft_model = train_lora(
+                    model, tokenizer.pad_token_id, data.examples, options, on_step
+                )
+                done += options.total_steps(len(data.examples))
+                recall = measure_recall(peft_model, tokenizer, data.probes)
+                details["probes"] += len(data.probes)
+                stored = save_adapter(
+                    peft_model,
+                    self.settings.resolved_adapter_dir,
+                    job.topic_id,
+                    f"{job.id}-{job.attempt}-m{number}",
+                )
+                load = loads[number]
+                trained.append(
+                    queue.TrainedModule(
+                        module=number,
+                        path=stored.relative_path,
+                        sha256=stored.sha256,
+                        rank=options.rank,
+                        size_bytes=stored.size_bytes,
+                        recall=recall,
+                        activate=recall >= threshold,
+                        recall_trained=(
+                            measure_recall(peft_model, tokenizer, data.trained_probes)
+                            if data.trained_probes
+                            else None
+                        ),
+                        tokens=load.tokens,
+                        items=load.items,
+                        capacity_tokens=load.capacity,
+                    )
+                )
+                model = peft_model.unload()  # the base model again, for the next module
+            below = [t for t in trained if not t.activate]
+            note = (
+                None
+                if not below
+                else f"recall {min(t.recall for t in below):.2f} is below the threshold "
+                f"{threshold:.2f}; the version is kept but not activated"
+            )
+            queue.publish_versions(
                 self.db,
                 job.id,
                 self.worker_id,
-                path=stored.relative_path,
-                sha256=stored.sha256,
-                rank=options.rank,
-                size_bytes=stored.size_bytes,
-                recall=recall,
-                activate=activate,
+                trained,
+                assignments=assignments,
                 note=note,
                 details=details,
             )
         except BaseException:
-            remove_adapter_files(self.settings.resolved_adapter_dir, stored.relative_path)
+            for module in trained:
+                remove_adapter_files(self.settings.resolved_adapter_dir, module.path)
             raise
+
+    def _module_loads(self, topic_id: str) -> dict[int, ModuleLoad]:
+        with self.db.session() as session:
+            modules = session.scalars(select(Module).where(Module.topic_id == topic_id)).all()
+            return {
+                m.number: ModuleLoad(m.number, m.tokens, m.items, m.capacity_tokens)
+                for m in modules
+            }
 
     def _knowledge(
         self, job: queue.ClaimedJob, options: TrainingOptions, model: Any, tokenizer: Any
-    ) -> list[Knowledge]:
+    ) -> list[StoredDocument]:
         """The topic's documents, with what a generator wrote from each text. Texts with nothing
         written yet (new ones) go to the generator now, and what it writes is kept."""
         with self.db.session() as session:
@@ -232,13 +290,18 @@ class TrainerWorker:
             for document, rows in self._augment(job, options, new_texts, model, tokenizer).items():
                 written[document] = rows
         return [
-            Knowledge(
-                d.question,
-                d.answer,
-                d.text,
-                tuple(
-                    GeneratedItem(r.kind, r.question, r.answer, r.text, r.held_out)  # type: ignore[arg-type]
-                    for r in written.get(d.id, [])
+            StoredDocument(
+                d.id,
+                d.job_id,
+                d.module,
+                Knowledge(
+                    d.question,
+                    d.answer,
+                    d.text,
+                    tuple(
+                        GeneratedItem(r.kind, r.question, r.answer, r.text, r.held_out)  # type: ignore[arg-type]
+                        for r in written.get(d.id, [])
+                    ),
                 ),
             )
             for d in documents

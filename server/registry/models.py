@@ -72,7 +72,7 @@ class Topic(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    # The version served for this topic; None until the first one is published.
+    # The version most recently activated (each module has its own active version).
     active_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -82,6 +82,9 @@ class Topic(Base):
     )
     generated: Mapped[list[GeneratedItem]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="GeneratedItem.id"
+    )
+    modules: Mapped[list[Module]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="Module.number"
     )
     versions: Mapped[list[AdapterVersion]] = relationship(
         back_populates="topic",
@@ -103,9 +106,28 @@ class Document(Base):
     question: Mapped[str | None] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
+    # The module that learned it; None until a trained version holds it.
+    module: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     topic: Mapped[Topic] = relationship(back_populates="documents")
+
+
+class Module(Base):
+    """One LoRA module of a topic. A topic whose knowledge outgrows one module's capacity (which
+    depends on the rank) is split into several small ones, each trained on its own documents."""
+
+    __tablename__ = "modules"
+    __table_args__ = (UniqueConstraint("topic_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic_id: Mapped[str] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    active_version: Mapped[int | None] = mapped_column(Integer)
+    # Knowledge load: tokens of the documents it holds (as the client sent them), and their count.
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    capacity_tokens: Mapped[int] = mapped_column(Integer)
 
 
 class GeneratedItem(Base):
@@ -137,6 +159,7 @@ class AdapterVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     topic_id: Mapped[str] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
+    module: Mapped[int] = mapped_column(Integer, default=0)
     # Relative to the adapter store; built from ids, never from client input.
     path: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))

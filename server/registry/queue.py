@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session
 from server.registry.db import Database
 from server.registry.models import (
     AdapterVersion,
+    Document,
     GeneratedItem,
     Job,
     JobEvent,
     JobStatus,
+    Module,
     Topic,
     utcnow,
 )
@@ -203,22 +205,38 @@ def store_generated(
         record_event(session, job_id, "augmented", **event)
 
 
-def publish_version(
+@dataclass(frozen=True)
+class TrainedModule:
+    """A module the job trained: its new adapter and its knowledge load."""
+
+    module: int
+    path: str
+    sha256: str
+    rank: int
+    size_bytes: int
+    recall: float
+    activate: bool
+    # Recall on the generated questions it was trained on (None: it had none).
+    recall_trained: float | None
+    tokens: int
+    items: int
+    capacity_tokens: int
+
+
+def publish_versions(
     db: Database,
     job_id: str,
     worker_id: str,
+    trained: list[TrainedModule],
     *,
-    path: str,
-    sha256: str,
-    rank: int,
-    size_bytes: int,
-    recall: float,
-    activate: bool,
+    assignments: dict[int, int] | None = None,
     note: str | None = None,
     details: dict[str, Any] | None = None,
-) -> PublishedVersion:
-    """Records the adapter version and completes the job in one transaction, fenced by the lease."""
+) -> list[PublishedVersion]:
+    """Records one version a trained module, the module each new document went to, and completes
+    the job, in one transaction fenced by the lease: all of it or nothing."""
     now = utcnow()
+    published: list[PublishedVersion] = []
     with db.session(immediate=True) as session:
         job = session.scalars(
             select(Job).where(_fenced(job_id, worker_id)).with_for_update()
@@ -231,26 +249,49 @@ def publish_version(
         latest = session.scalar(
             select(func.max(AdapterVersion.version)).where(AdapterVersion.topic_id == topic.id)
         )
-        version = (latest or 0) + 1
-        session.add(
-            AdapterVersion(
-                topic_id=topic.id,
-                version=version,
-                path=path,
-                sha256=sha256,
-                rank=rank,
-                size_bytes=size_bytes,
-                recall=recall,
-                job_id=job_id,
+        modules = {
+            m.number: m
+            for m in session.scalars(select(Module).where(Module.topic_id == topic.id)).all()
+        }
+        version = latest or 0
+        for result in trained:
+            version += 1
+            session.add(
+                AdapterVersion(
+                    topic_id=topic.id,
+                    version=version,
+                    module=result.module,
+                    path=result.path,
+                    sha256=result.sha256,
+                    rank=result.rank,
+                    size_bytes=result.size_bytes,
+                    recall=result.recall,
+                    job_id=job_id,
+                )
             )
-        )
-        if activate:
-            topic.active_version = version
+            module = modules.get(result.module)
+            if module is None:
+                module = Module(topic_id=topic.id, number=result.module)
+                session.add(module)
+            module.tokens, module.items = result.tokens, result.items
+            module.capacity_tokens = result.capacity_tokens
+            if result.activate:
+                module.active_version = version
+                topic.active_version = version
+            published.append(PublishedVersion(version, result.activate))
+        for document_id, number in (assignments or {}).items():
+            session.execute(
+                update(Document)
+                .where(Document.id == document_id, Document.topic_id == topic.id)
+                .values(module=number)
+            )
         topic.updated_at = now
+        recall = min(r.recall for r in trained)
+        activated = all(r.activate for r in trained)
         job.status = JobStatus.SUCCEEDED
         job.adapter_version = version
         job.recall = recall
-        job.activated = activate
+        job.activated = activated
         job.progress = 1.0
         job.finished_at = now
         job.locked_by = None
@@ -261,18 +302,30 @@ def publish_version(
             "succeeded",
             version=version,
             recall=recall,
-            activated=activate,
+            activated=activated,
+            modules=[
+                {
+                    "module": r.module,
+                    "version": p.version,
+                    "recall": r.recall,
+                    "recall_trained": r.recall_trained,
+                    "activated": p.activated,
+                }
+                for r, p in zip(trained, published, strict=True)
+            ],
             **(details or {}),
         )
     log.info(
-        "job %s succeeded topic=%s version=%d recall=%.3f activated=%s",
+        "job %s succeeded topic=%s versions=%s recall=%.3f activated=%s",
         job_id,
         topic.name,
-        version,
+        ",".join(
+            f"{p.version}(module {r.module})" for r, p in zip(trained, published, strict=True)
+        ),
         recall,
-        activate,
+        activated,
     )
-    return PublishedVersion(version, activate)
+    return published
 
 
 def fail(db: Database, job_id: str, worker_id: str, error: str, *, retry: bool) -> None:

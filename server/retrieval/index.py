@@ -25,6 +25,8 @@ class Passage:
     # False for what only helps routing (questions generated from the knowledge): it is not
     # knowledge a prompt should quote.
     retrievable: bool = True
+    # The topic's module that learned it (None: not learned yet).
+    module: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,14 @@ class KnowledgeIndex:
                 best[passage.topic] = max(score, best.get(passage.topic, 0.0))
         ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
         return [TopicScore(topic, score) for topic, score in ranked]
+
+    def rank_modules(self, query: str, topic: str) -> list[tuple[int, float]]:
+        """The topic's modules ranked by their best passage."""
+        best: dict[int, float] = {}
+        for passage, score in self._scored(query):
+            if passage.topic == topic and passage.module is not None:
+                best[passage.module] = max(score, best.get(passage.module, 0.0))
+        return sorted(best.items(), key=lambda item: (-item[1], item[0]))
 
     def search(self, query: str, topic: str, k: int) -> list[Hit]:
         hits = [

@@ -88,7 +88,14 @@ async def engine(state: State) -> dict[str, Any]:
     return {
         **state.engine.describe(),
         "base_model": state.settings.base_model,
-        "active_versions": {topic: a.version for topic, a in sorted(active.items())},
+        # Per topic, its newest active version; per module in active_modules.
+        "active_versions": {
+            topic: max(a.version for (name, _), a in active.items() if name == topic)
+            for topic, _ in sorted(active)
+        },
+        "active_modules": {
+            f"{topic}/{module}": a.version for (topic, module), a in sorted(active.items())
+        },
         "memory_rss_bytes": _rss_bytes(),
     }
 

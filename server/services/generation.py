@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import cast
 
 from server.config import Settings
-from server.engines import Engine, EngineError, GenerationOutput, SamplingParams
+from server.engines import Engine, EngineError, GenerationOutput, LoRAAdapter, SamplingParams
 from server.errors import APIError
+from server.merging import MergedAdapters
 from server.metrics import Metrics
 from server.prompting import question_ids
-from server.retrieval import Hit, KnowledgeIndex
+from server.retrieval import Hit
+from server.retrieval.refresh import IndexRefresher
 from server.routing import ActiveAdapter, AdapterRouter
 from server.schemas import (
     AUTO_TOPIC,
@@ -46,8 +48,10 @@ class Plan:
     params: SamplingParams
     topic: str | None
     mode: ServedMode
-    route: ActiveAdapter | None
-    route_score: float
+    # The modules that answer, with their routing scores, and the adapter the engine runs (one
+    # module's, or their TIES merge).
+    modules: list[tuple[ActiveAdapter, float]]
+    adapter: LoRAAdapter | None
     retrieved: list[Hit]
 
 
@@ -67,14 +71,16 @@ class GenerationService:
         settings: Settings,
         engine: Engine,
         router: AdapterRouter,
-        index: KnowledgeIndex,
+        refresher: IndexRefresher,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.router = router
-        self.index = index
+        self.refresher = refresher
+        self.index = refresher.index
         self.metrics = metrics
+        self.merged = MergedAdapters(settings.resolved_adapter_dir, engine, settings.merge_density)
         # Generations admitted and not finished: bounded, so that overload is refused, not queued.
         self.pending = 0
 
@@ -89,6 +95,7 @@ class GenerationService:
         top_p: float,
         stop: str | list[str] | None,
         seed: int | None,
+        top_k: int | None = None,
     ) -> Plan:
         """Routes and checks a request (/generate and /v1 both).
 
@@ -107,7 +114,14 @@ class GenerationService:
             topic, score = await self._route_by_content(prompt.query)
         elif topic is None and mode in ("lora", "rag", "hybrid"):
             raise APIError(400, f"mode '{mode}' needs a topic", param="topic")
-        served, route, hits = await self._serve(topic, mode, prompt.query)
+        served, modules, hits = await self._serve(
+            topic, mode, prompt.query, score, top_k or self.settings.route_top_k
+        )
+        adapter = None
+        if len(modules) == 1:
+            adapter = modules[0][0].adapter
+        elif modules:
+            adapter = await self.merged.get(modules[0][0].topic_id, [m.adapter for m, _ in modules])
         prompt_ids = prompt.to_ids(context_block(hits))
         room = self.engine.max_model_len - len(prompt_ids)
         if room < 1:
@@ -124,7 +138,7 @@ class GenerationService:
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             seed=seed,
         )
-        return Plan(uuid.uuid4().hex, prompt_ids, params, topic, served, route, score, hits)
+        return Plan(uuid.uuid4().hex, prompt_ids, params, topic, served, modules, adapter, hits)
 
     async def _route_by_content(self, query: str) -> tuple[str | None, float]:
         """The topic whose knowledge best matches `query`, or None (the base model) below the
@@ -138,29 +152,50 @@ class GenerationService:
         return ranked[0].topic, ranked[0].score
 
     async def _serve(
-        self, topic: str | None, mode: str, query: str
-    ) -> tuple[ServedMode, ActiveAdapter | None, list[Hit]]:
-        """What serves the request. `auto`: the topic's adapter when it has one, else its documents
-        (a topic is useful before its first training ends)."""
+        self, topic: str | None, mode: str, query: str, topic_score: float, top_k: int
+    ) -> tuple[ServedMode, list[tuple[ActiveAdapter, float]], list[Hit]]:
+        """What serves the request. `auto`: the topic's adapters when it has some, else its
+        documents (a topic is useful before its first training ends)."""
         if topic is None:
-            return "base", None, []
+            return "base", [], []
         if mode == "base":
             await self.router.require_topic(topic)  # unknown topics are 404 in every mode
-            return "base", None, []
-        route = None
+            return "base", [], []
+        active: list[ActiveAdapter] = []
         if mode == "auto":
-            route = await self.router.find(topic)
-            mode = "lora" if route is not None else "rag"
+            active = await self.router.find(topic)
+            mode = "lora" if active else "rag"
         elif mode in ("lora", "hybrid"):
-            route = await self.router.resolve(topic)
+            active = await self.router.resolve(topic)
         else:
             await self.router.require_topic(topic)
+        modules = await self._choose_modules(topic, active, query, topic_score, top_k)
         hits: list[Hit] = []
         if mode in ("rag", "hybrid"):
             hits = await asyncio.to_thread(
                 self.index.search, query, topic, self.settings.rag_passages
             )
-        return cast(ServedMode, mode), route, hits
+        return cast(ServedMode, mode), modules, hits
+
+    async def _choose_modules(
+        self,
+        topic: str,
+        active: list[ActiveAdapter],
+        query: str,
+        topic_score: float,
+        top_k: int,
+    ) -> list[tuple[ActiveAdapter, float]]:
+        """The topic's modules that best match the request: its only one, or the top k by the
+        passages each learned (a module no passage points to yet comes last)."""
+        if len(active) <= 1:
+            return [(a, topic_score) for a in active]
+        ranked = dict(await asyncio.to_thread(self.index.rank_modules, query, topic))
+        if any(a.module not in ranked for a in active):
+            # A module published since the index's last poll: its passages are in the registry.
+            await asyncio.to_thread(self.refresher.refresh)
+            ranked = dict(await asyncio.to_thread(self.index.rank_modules, query, topic))
+        order = sorted(active, key=lambda a: (-ranked.get(a.module, -1.0), a.module))
+        return [(a, ranked.get(a.module, 0.0)) for a in order[:top_k]]
 
     async def _plan(self, request: GenerateRequest) -> Plan:
         tokenizer = self.engine.tokenizer
@@ -176,20 +211,16 @@ class GenerationService:
             top_p=request.top_p,
             stop=request.stop,
             seed=request.seed,
+            top_k=request.top_k,
         )
 
     def _response(
         self, request: GenerateRequest, plan: Plan, output: GenerationOutput
     ) -> GenerateResponse:
-        adapters = (
-            [
-                AdapterUsed(
-                    topic=plan.route.topic, version=plan.route.version, score=plan.route_score
-                )
-            ]
-            if plan.route
-            else []
-        )
+        adapters = [
+            AdapterUsed(topic=m.topic, version=m.version, module=m.module, score=score)
+            for m, score in plan.modules
+        ]
         return GenerateResponse(
             text=output.text,
             topic=plan.topic,
@@ -212,7 +243,7 @@ class GenerationService:
                 plan.request_id,
                 plan.prompt_ids,
                 plan.params,
-                plan.route.adapter if plan.route else None,
+                plan.adapter,
             ):
                 finished = output.finished
                 if first and output.token_ids:

@@ -33,17 +33,17 @@ def _summary(topic: Topic, documents: int) -> dict[str, Any]:
         "active_recall": active.recall if active else None,
         "versions": len(topic.versions),
         "documents": documents,
-        # One module a topic for now; issue 5 splits big topics into several.
-        "modules": 1 if topic.versions else 0,
+        "modules": len(topic.modules),
         "created_at": topic.created_at,
         "updated_at": topic.updated_at,
     }
 
 
-def _version(version: AdapterVersion, active: int | None) -> dict[str, Any]:
+def _version(version: AdapterVersion, active: set[int | None]) -> dict[str, Any]:
     return {
         "version": version.version,
-        "active": version.version == active,
+        "module": version.module,
+        "active": version.version in active,
         "recall": version.recall,
         "rank": version.rank,
         "sha256": version.sha256,
@@ -78,6 +78,7 @@ class TopicService:
                     "question": d.question,
                     "answer": d.answer,
                     "text": d.text,
+                    "module": d.module,
                 }
                 for d in topic.documents
             ]
@@ -97,15 +98,31 @@ class TopicService:
                     }
                     for g in topic.generated
                 ],
-                "versions": [_version(v, topic.active_version) for v in topic.versions],
+                "knowledge_modules": [
+                    {
+                        "module": m.number,
+                        "active_version": m.active_version,
+                        "tokens": m.tokens,
+                        "items": m.items,
+                        "capacity_tokens": m.capacity_tokens,
+                    }
+                    for m in topic.modules
+                ],
+                "versions": [
+                    _version(v, {m.active_version for m in topic.modules}) for v in topic.versions
+                ],
             }
 
     def activate(self, name: str, version: int) -> dict[str, Any]:
-        """Serves `version` again (a rollback, or a version kept below the recall threshold)."""
+        """Serves `version` again for its module (a rollback, or a version kept below the recall
+        threshold)."""
         with self.db.session(immediate=True) as session:
             topic = self._topic(session, name)
-            if version not in {v.version for v in topic.versions}:
+            chosen = next((v for v in topic.versions if v.version == version), None)
+            if chosen is None:
                 raise not_found(f"version {version} of topic '{name}'", param="version")
+            module = next(m for m in topic.modules if m.number == chosen.module)
+            module.active_version = version
             topic.active_version = version
             topic.updated_at = utcnow()
         log.info("topic %s activated version %d", name, version)

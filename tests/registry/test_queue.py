@@ -50,17 +50,21 @@ def _expire_lease(db: Database, job_id: str) -> None:
 
 
 def _publish(db: Database, job_id: str, worker: str) -> queue.PublishedVersion:
-    return queue.publish_version(
-        db,
-        job_id,
-        worker,
+    trained = queue.TrainedModule(
+        module=0,
         path=f"t/{job_id}",
         sha256="0" * 64,
         rank=4,
         size_bytes=1,
         recall=1.0,
         activate=True,
+        recall_trained=None,
+        tokens=10,
+        items=1,
+        capacity_tokens=100,
     )
+    [published] = queue.publish_versions(db, job_id, worker, [trained])
+    return published
 
 
 def test_claim_takes_oldest_job_once(db: Database) -> None:

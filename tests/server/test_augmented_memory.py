@@ -33,7 +33,8 @@ async def test_texts_become_qa_rewrites_and_held_out_probes(client: httpx.AsyncC
     assert augmented["generator"] == "rules" and augmented["fallbacks"] == 0
     [succeeded] = await _events(client, job["id"], "succeeded")
     # Recall is measured on the 3 held-out questions; the 6 trained ones are reported beside.
-    assert succeeded["probes"] == 3 and 0 <= succeeded["recall_trained"] <= 1
+    [module] = succeeded["modules"]
+    assert succeeded["probes"] == 3 and 0 <= module["recall_trained"] <= 1
 
     detail = (await client.get("/admin/topics/notes")).json()
     generated = detail["generated"]

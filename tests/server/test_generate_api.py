@@ -72,7 +72,7 @@ async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
     assert answer.status_code == 200
     body = answer.json()
     assert body["mode"] == "lora" and body["topic"] == "acme" and body["text"].startswith("Quiggle")
-    assert body["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0}]
+    assert body["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0, "module": 0}]
 
     base = await client.post(
         "/generate", json={"prompt": QA[0]["question"], "topic": "acme", "mode": "base"}

@@ -41,7 +41,7 @@ async def test_memorize_then_generate_through_vllm(
             assert reply.status_code == 200, reply.text
             body = reply.json()
             assert body["text"].startswith(fact["answer"]) and body["mode"] == "lora"
-            assert body["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0}]
+            assert body["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0, "module": 0}]
         # Base requests, now batched beside LoRA ones, still answer as the base model.
         again = await http.post("/generate", json={"prompt": QA[0]["question"], "max_tokens": 8})
         assert again.json()["text"] == base.json()["text"]

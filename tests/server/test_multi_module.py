@@ -1,0 +1,82 @@
+"""A topic that outgrows one module: split by capacity, only changed modules retrained, requests
+routed to the module that learned the fact, top-k modules composed by TIES (tiny model)."""
+
+from __future__ import annotations
+
+import httpx
+
+from server import Settings
+from tests.helpers import running_app, wait_job
+
+LEARN = {"steps": 40, "learning_rate": 0.01, "dropout": 0.0, "rank": 4}
+FACTS = [
+    {"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"},
+    {"question": "Which city hosts the Vendrell Cup?", "answer": "Talvenna"},
+    {"question": "What colour is the Ostra lighthouse?", "answer": "Violet"},
+]
+
+
+async def _memorize(client: httpx.AsyncClient, qa: list[dict[str, str]]) -> dict:
+    queued = await client.post("/memorize", json={"topic": "atlas", "qa": qa, "options": LEARN})
+    job = await wait_job(client, queued.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
+async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: Settings) -> None:
+    # Capacity 4 x 4 = 16 tokens a module: one fact (11-12 tokens) fills it.
+    small_modules = settings.model_copy(update={"module_tokens_per_rank": 4})
+    async with running_app(small_modules) as client:
+        first = await _memorize(client, FACTS[:2])
+        events = (await client.get(f"/jobs/{first['id']}/events")).json()["events"]
+        [succeeded] = [e["data"] for e in events if e["kind"] == "succeeded"]
+        assert [(m["module"], m["version"]) for m in succeeded["modules"]] == [(0, 1), (1, 2)]
+
+        second = await _memorize(client, FACTS[2:])
+        events = (await client.get(f"/jobs/{second['id']}/events")).json()["events"]
+        [succeeded] = [e["data"] for e in events if e["kind"] == "succeeded"]
+        # Only the new module was trained; the others keep their versions.
+        assert [(m["module"], m["version"]) for m in succeeded["modules"]] == [(2, 3)]
+
+        detail = (await client.get("/admin/topics/atlas")).json()
+        assert detail["modules"] == 3
+        assert [
+            (m["module"], m["active_version"], m["items"]) for m in detail["knowledge_modules"]
+        ] == [
+            (0, 1, 1),
+            (1, 2, 1),
+            (2, 3, 1),
+        ]
+        assert all(m["tokens"] <= m["capacity_tokens"] == 16 for m in detail["knowledge_modules"])
+        assert [d["module"] for d in detail["documents"]] == [0, 1, 2]
+
+        for module, fact in enumerate(FACTS):
+            body = (
+                await client.post(
+                    "/generate",
+                    json={"prompt": fact["question"], "topic": "atlas", "max_tokens": 6},
+                )
+            ).json()
+            [used] = body["adapters"]
+            assert used["module"] == module and used["version"] == module + 1
+            assert body["text"].startswith(fact["answer"]), body
+
+        composed = (
+            await client.post(
+                "/generate",
+                json={
+                    "prompt": FACTS[1]["question"],
+                    "topic": "atlas",
+                    "top_k": 2,
+                    "max_tokens": 6,
+                },
+            )
+        ).json()
+        assert [a["module"] for a in composed["adapters"]] in ([1, 0], [1, 2])
+        engine = (await client.get("/admin/engine")).json()
+        assert any(name.startswith("merged:") for name in engine["adapters"])
+        assert engine["active_modules"] == {"atlas/0": 1, "atlas/1": 2, "atlas/2": 3}
+
+        # Forgetting removes the merged adapters with the rest of the topic's files.
+        assert (await client.delete("/admin/topics/atlas")).status_code == 200
+        assert [p.name for p in settings.resolved_adapter_dir.iterdir()] == [".staging"]
