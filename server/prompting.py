@@ -1,5 +1,5 @@
-"""How a question becomes tokens. The trainer and /generate share it, so that the model is asked
-exactly the way it was taught."""
+"""How a question becomes tokens, with retrieved passages or without. The trainer and /generate
+share it, so that the model is asked exactly the way it was taught."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def answer_ids(tokenizer: Any, answer: str) -> list[int]:
     prefix = "" if getattr(tokenizer, "chat_template", None) else " "
     ids = list(tokenizer(prefix + answer, add_special_tokens=False)["input_ids"])
     return [*ids, tokenizer.eos_token_id]
+
+
+def context_block(passages: list[str]) -> str | None:
+    if not passages:
+        return None
+    return "Use these notes if they help.\n" + "\n".join(f"- {p}" for p in passages)
+
+
+def with_context(context: str | None, question: str) -> str:
+    return question if context is None else f"{context}\n\n{question}"

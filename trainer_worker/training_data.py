@@ -17,10 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from server.prompting import answer_ids, question_ids
+from server.prompting import answer_ids, context_block, question_ids, with_context
+from server.retrieval.index import text_passages
 from trainer_worker.augmentation import GeneratedItem
 
 IGNORE_INDEX = -100
+# Passages of a text put into the prompt of its context-aware examples (the server's default
+# number of retrieved passages).
+CONTEXT_PASSAGES = 3
 MAX_CHUNK_TOKENS = 192
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -69,8 +73,8 @@ def build_training_set(
     probes: list[RecallProbe] = []
     trained_probes: list[RecallProbe] = []
 
-    def add_qa(question: str, answer: str) -> RecallProbe:
-        prompt = question_ids(tokenizer, question)
+    def add_qa(question: str, answer: str, context: str | None = None) -> RecallProbe:
+        prompt = question_ids(tokenizer, with_context(context, question))
         answer_tokens = answer_ids(tokenizer, answer)
         examples.append(
             TrainingExample(prompt + answer_tokens, [IGNORE_INDEX] * len(prompt) + answer_tokens)
@@ -94,12 +98,17 @@ def build_training_set(
         completions = add_text(item.text)
         generated = [g for g in item.generated if augment != "none"]
         held_out, trained = [], []
+        # "mix" also teaches each question with the text's passages in the prompt, as modes
+        # rag and hybrid ask it: without that, an adapter asked with notes misreads them.
+        notes = context_block(text_passages(item.text)[:CONTEXT_PASSAGES])
         for g in generated:
             if g.kind == "qa" and g.question and g.answer:
                 if g.held_out:
                     held_out.append(RecallProbe(question_ids(tokenizer, g.question), g.answer))
                 else:
                     trained.append(add_qa(g.question, g.answer))
+                    if augment == "mix":
+                        add_qa(g.question, g.answer, notes)
             elif g.text and augment == "mix":
                 add_text(g.text)
         trained_probes.extend(trained)

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from server.dependencies import Generation, State
 from server.engines import GenerationOutput
-from server.services.generation import GenerationService, Plan, Prompt, with_context
+from server.prompting import with_context
+from server.services.generation import GenerationService, Plan, Prompt
 from server.services.topics import TopicService
 
 router = APIRouter(prefix="/v1", tags=["openai"])

@@ -15,7 +15,7 @@ from server.engines import Engine, EngineError, GenerationOutput, LoRAAdapter, S
 from server.errors import APIError
 from server.merging import MergedAdapters
 from server.metrics import Metrics
-from server.prompting import question_ids
+from server.prompting import context_block, question_ids, with_context
 from server.retrieval import Hit
 from server.retrieval.refresh import IndexRefresher
 from server.routing import ActiveAdapter, AdapterRouter
@@ -53,16 +53,6 @@ class Plan:
     modules: list[tuple[ActiveAdapter, float]]
     adapter: LoRAAdapter | None
     retrieved: list[Hit]
-
-
-def context_block(hits: list[Hit]) -> str | None:
-    if not hits:
-        return None
-    return "Use these notes if they help.\n" + "\n".join(f"- {hit.text}" for hit in hits)
-
-
-def with_context(context: str | None, question: str) -> str:
-    return question if context is None else f"{context}\n\n{question}"
 
 
 class GenerationService:
@@ -122,7 +112,7 @@ class GenerationService:
             adapter = modules[0][0].adapter
         elif modules:
             adapter = await self.merged.get(modules[0][0].topic_id, [m.adapter for m, _ in modules])
-        prompt_ids = prompt.to_ids(context_block(hits))
+        prompt_ids = prompt.to_ids(context_block([h.text for h in hits]))
         room = self.engine.max_model_len - len(prompt_ids)
         if room < 1:
             raise APIError(
