@@ -14,12 +14,12 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Select, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from server.adapter_store import AdapterRejected, verify
 from server.config import Settings
 from server.engines import AdapterLoadError, Engine, LoRAAdapter
 from server.errors import APIError, not_found
+from server.polling import poll_forever
 from server.registry.db import Database
 from server.registry.models import AdapterVersion, Module, Topic
 
@@ -119,16 +119,7 @@ class AdapterRouter:
                     await self._activate(record)
 
     async def watch(self, interval: float) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except SQLAlchemyError as error:
-                log.warning("cannot read active versions (%s); retrying", type(error).__name__)
-            except Exception:
-                log.exception("refreshing active versions failed; retrying")
-            await asyncio.sleep(interval)
+        await poll_forever(self.refresh, interval, "active versions")
 
     async def _activate(self, record: _VersionRecord) -> ActiveAdapter | None:
         key = (record.topic, record.module)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.prompting import answer_ids, context_block, question_ids, with_context
-from server.retrieval.index import text_passages
+from server.retrieval.index import pack_sentences, split_sentences, text_passages
 from trainer_worker.augmentation import GeneratedItem
 
 IGNORE_INDEX = -100
@@ -26,7 +26,6 @@ IGNORE_INDEX = -100
 # number of retrieved passages).
 CONTEXT_PASSAGES = 3
 MAX_CHUNK_TOKENS = 192
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True)
@@ -123,27 +122,17 @@ def _text_ids(tokenizer: Any, text: str) -> list[int]:
 
 def chunk_text(tokenizer: Any, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> list[str]:
     """Whole sentences packed into chunks of at most `max_tokens` (a long sentence stands alone)."""
-    chunks: list[str] = []
-    current: list[str] = []
-    length = 0
-    for sentence in (s.strip() for s in _SENTENCE_END.split(text)):
-        if not sentence:
-            continue
-        size = len(tokenizer(sentence, add_special_tokens=False)["input_ids"])
-        if current and length + size > max_tokens:
-            chunks.append(" ".join(current))
-            current, length = [], 0
-        current.append(sentence)
-        length += size
-    if current:
-        chunks.append(" ".join(current))
-    return chunks
+    return pack_sentences(
+        text,
+        lambda sentence: len(tokenizer(sentence, add_special_tokens=False)["input_ids"]),
+        max_tokens,
+    )
 
 
 def _completion_probes(tokenizer: Any, chunk: str) -> list[RecallProbe]:
     """For each sentence of six words or more: its first part as prompt, the rest as expected."""
     probes = []
-    for sentence in _SENTENCE_END.split(chunk):
+    for sentence in split_sentences(chunk):
         words = sentence.split()
         if len(words) < 6:
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from server.retrieval.scorers import PassageScorer
@@ -46,21 +46,27 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def text_passages(text: str, max_words: int = PASSAGE_WORDS) -> list[str]:
-    """Whole sentences packed into passages of about `max_words` words."""
-    passages: list[str] = []
+def pack_sentences(text: str, size: Callable[[str], int], limit: int) -> list[str]:
+    """Whole sentences packed into pieces of at most `limit` (by `size`; a long sentence stands
+    alone)."""
+    pieces: list[str] = []
     current: list[str] = []
-    count = 0
+    total = 0
     for sentence in split_sentences(text):
-        size = len(sentence.split())
-        if current and count + size > max_words:
-            passages.append(" ".join(current))
-            current, count = [], 0
+        length = size(sentence)
+        if current and total + length > limit:
+            pieces.append(" ".join(current))
+            current, total = [], 0
         current.append(sentence)
-        count += size
+        total += length
     if current:
-        passages.append(" ".join(current))
-    return passages
+        pieces.append(" ".join(current))
+    return pieces
+
+
+def text_passages(text: str, max_words: int = PASSAGE_WORDS) -> list[str]:
+    """Passages of about `max_words` words."""
+    return pack_sentences(text, lambda sentence: len(sentence.split()), max_words)
 
 
 def qa_passage(question: str, answer: str) -> str:

@@ -7,8 +7,8 @@ import asyncio
 import logging
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
+from server.polling import poll_forever
 from server.registry.db import Database
 from server.registry.models import Document, GeneratedItem, Topic
 from server.retrieval.index import KnowledgeIndex, Passage, qa_passage, text_passages
@@ -83,13 +83,4 @@ class IndexRefresher:
         return True
 
     async def watch(self, interval: float) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.refresh)
-            except asyncio.CancelledError:
-                raise
-            except SQLAlchemyError as error:
-                log.warning("cannot read documents (%s); retrying", type(error).__name__)
-            except Exception:
-                log.exception("rebuilding the knowledge index failed; retrying")
-            await asyncio.sleep(interval)
+        await poll_forever(lambda: asyncio.to_thread(self.refresh), interval, "documents")
