@@ -93,7 +93,9 @@ async def test_model_auto_routes_by_content(memorized) -> None:  # type: ignore[
     question = [{"role": "user", "content": QA[0]["question"]}]
     routed = await client.chat.completions.create(model="auto", messages=question, temperature=0)
     assert routed.choices[0].message.content.startswith("Quiggle")
-    completion = await client.completions.create(
-        model="auto", prompt="How do volcanoes form?", max_tokens=3, temperature=0
-    )
-    assert completion.choices[0].text is not None  # nothing matched: the base model answered
+    unrelated = {"prompt": "How do volcanoes form?", "max_tokens": 6, "temperature": 0}
+    routed_away = await client.completions.create(model="auto", **unrelated)
+    base_id = (await client.models.list()).data[0].id
+    base = await client.completions.create(model=base_id, **unrelated)
+    # Nothing matched: the base model answered, exactly as when asked by name.
+    assert routed_away.choices[0].text == base.choices[0].text
