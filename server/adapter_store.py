@@ -20,7 +20,9 @@ from typing import Any
 
 from safetensors import safe_open
 
-ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors"})
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE})
 # The projections of a Llama-style decoder: what "all linear layers" means for our base models.
 ALLOWED_TARGETS = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -83,7 +85,7 @@ def save_adapter(peft_model: Any, adapter_dir: Path, topic_id: str, name: str) -
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    weights = final / "adapter_model.safetensors"
+    weights = final / WEIGHTS_FILE
     return StoredAdapter(relative, sha256_file(weights), weights.stat().st_size)
 
 
@@ -109,11 +111,11 @@ def verify(adapter_dir: Path, relative_path: str, sha256: str, rank: int, max_ra
     folder = resolve_in_store(adapter_dir, relative_path)
     if not folder.is_dir() or set(os.listdir(folder)) != ADAPTER_FILES:
         raise AdapterRejected("adapter files are missing or unexpected")
-    weights = folder / "adapter_model.safetensors"
+    weights = folder / WEIGHTS_FILE
     if sha256_file(weights) != sha256:
         raise AdapterRejected("adapter checksum does not match the registry")
     try:
-        config = json.loads((folder / "adapter_config.json").read_text())
+        config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as error:
         raise AdapterRejected("adapter config is unreadable") from error
     if config.get("peft_type") != "LORA":

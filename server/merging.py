@@ -23,21 +23,14 @@ import torch
 from peft.utils.merge_utils import ties
 from safetensors.torch import load_file, save_file
 
-from server.adapter_store import resolve_in_store
+from server.adapter_store import CONFIG_FILE, WEIGHTS_FILE, resolve_in_store
 from server.engines import Engine, LoRAAdapter
+from server.engines.lora_bank import lora_scaling
 
 log = logging.getLogger("loramem.merging")
 
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
 # Merged adapters get engine ids far above the registry's version ids.
 MERGED_ID_BASE = 1 << 40
-
-
-def _scale(config: dict[str, object]) -> float:
-    rank = int(config["r"])  # type: ignore[call-overload]
-    alpha = float(config.get("lora_alpha") or rank)  # type: ignore[arg-type]
-    return alpha / rank
 
 
 def ties_merge(folders: list[Path], out: Path, density: float) -> int:
@@ -50,7 +43,7 @@ def ties_merge(folders: list[Path], out: Path, density: float) -> int:
     for key_a in (k for k in states[0] if ".lora_A." in k):
         key_b = key_a.replace(".lora_A.", ".lora_B.")
         deltas = [
-            (state[key_b].float() @ state[key_a].float()) * _scale(config)
+            (state[key_b].float() @ state[key_a].float()) * lora_scaling(config)
             for state, config in zip(states, configs, strict=True)
         ]
         delta = ties(deltas, weights, density)

@@ -122,6 +122,9 @@ class GenerateRequest(_Strict):
         | None
     ) = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    ignore_eos: bool = Field(
+        False, description="generate exactly max_tokens, past the end of text (for benchmarks)"
+    )
     top_k: int | None = Field(
         None, ge=1, le=8, description="modules of the topic that answer (merged by TIES if > 1)"
     )

@@ -25,7 +25,7 @@ def measure_recall(
             )
             for probe in chunk
         ]
-        decode_batch(model, tokenizer, rows, use_adapter_names=False)
+        decode_batch(model, tokenizer, rows)
         hits += sum(
             recalled(probe.expected, row.text) for probe, row in zip(chunk, rows, strict=True)
         )

@@ -35,6 +35,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Decode past end-of-text up to max_tokens: fixed-length outputs for benchmarks.
+    ignore_eos: bool = False
 
 
 @dataclass

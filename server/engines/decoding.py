@@ -1,7 +1,8 @@
-"""One batched decoding loop over a transformers/PEFT model, with a LoRA adapter per row.
+"""One batched decoding loop over a transformers model, with a LoRA adapter per row.
 
-Serving (the HF engine) and recall measurement (the trainer) both decode through `decode_batch`,
-so the recall a version is promoted with is measured exactly as requests will be served.
+Serving (the HF engine, adapters from its `LoRABank`) and recall measurement (the trainer, on the
+PEFT model it just trained) both decode through `decode_batch`: the same prompts, stops and
+sampling, so the recall a version is promoted with is what requests will see.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from server.engines.base import SamplingParams
 
-# PEFT's name for "no adapter" inside a mixed batch.
-BASE_ADAPTER = "__base__"
 # Temperatures this small overflow the softmax (found by fuzzing); they mean greedy anyway, as in
 # vLLM.
 GREEDY_BELOW = 1e-5
@@ -40,6 +39,8 @@ class DecodeRow:
 # Called after every step with the rows that produced something; returns the indices (into the
 # rows passed to decode_batch) of rows to stop early, e.g. because their client went away.
 StepCallback = Callable[[list[int]], set[int]]
+# Called before every forward pass with the adapter name of each row still decoding, in order.
+AdapterSelector = Callable[[list[str | None]], None]
 
 
 def _choose_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
@@ -63,7 +64,7 @@ def _choose_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
 def _update_text(row: DecodeRow, tokenizer: Any, stop_ids: set[int]) -> bool:
     """Decodes the row's tokens, applies stop strings; True when the row's text moved on."""
     last = row.generated[-1]
-    if last in stop_ids:
+    if last in stop_ids and not row.params.ignore_eos:
         row.generated.pop()
         row.finish_reason = "stop"
         return True
@@ -90,7 +91,7 @@ def decode_batch(
     tokenizer: PreTrainedTokenizerBase,
     rows: list[DecodeRow],
     *,
-    use_adapter_names: bool,
+    select_adapters: AdapterSelector | None = None,
     on_step: StepCallback | None = None,
 ) -> None:
     """Generates for every row until each stops; fills `generated`, `text`, `finish_reason`."""
@@ -108,9 +109,8 @@ def decode_batch(
     active = list(range(len(rows)))  # indices into rows, in cache order
     cache = DynamicCache()
     while active:
-        extra = {}
-        if use_adapter_names:
-            extra["adapter_names"] = [rows[i].adapter_name or BASE_ADAPTER for i in active]
+        if select_adapters is not None:
+            select_adapters([rows[i].adapter_name for i in active])
         logits = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -118,7 +118,6 @@ def decode_batch(
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
-            **extra,
         ).logits[:, -1, :]
         tokens = _choose_tokens(logits, [rows[i] for i in active])
         moved = []

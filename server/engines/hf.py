@@ -1,8 +1,9 @@
-"""The HF transformers + PEFT engine: fp32 on CPU, several adapters resident, mixed batches.
+"""The HF transformers engine: fp32 on CPU, several LoRA adapters resident, mixed batches.
 
 One engine thread owns the model. Requests from concurrent HTTP calls queue up; the thread takes up
-to `max_batch_size` of them into one batch in which every row names its own adapter (PEFT's
-`adapter_names`), decodes until every row stops, then takes the next batch. Adapter loads and
+to `max_batch_size` of them into one batch in which every row names its own adapter (applied by
+the `LoRABank`, two matmuls per layer for any mix), decodes until every row stops, then takes the
+next batch. Adapter loads and
 unloads run on the same thread between batches, so a version swap never touches a batch in flight.
 Resident adapters are bounded (least recently used evicted first); a request whose adapter was
 evicted loads it again on demand.
@@ -14,7 +15,6 @@ import asyncio
 import logging
 import threading
 import time
-import warnings
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft import PeftModel
 from transformers import PreTrainedModel
 
 from server.base_model import load_causal_lm
@@ -35,6 +34,7 @@ from server.engines.base import (
     SamplingParams,
 )
 from server.engines.decoding import DecodeRow, decode_batch
+from server.engines.lora_bank import LoRABank
 
 log = logging.getLogger("loramem.engine")
 
@@ -82,7 +82,7 @@ class HFEngine(Engine):
         self.max_resident_adapters = max_resident_adapters
         self.batch_wait_seconds = batch_wait_seconds
         self._model: PreTrainedModel | None = None
-        self._peft: PeftModel | None = None
+        self._bank: LoRABank | None = None
         self._tokenizer: Any = None
         self._resident: OrderedDict[str, LoRAAdapter] = OrderedDict()
         # Removed by the caller: unloaded as soon as no queued request wants it, and again after
@@ -117,7 +117,8 @@ class HFEngine(Engine):
 
     async def start(self) -> None:
         started = time.monotonic()
-        self._model, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path)
+        model, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path)
+        self._model, self._bank = model, LoRABank(model)
         self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)
         self._thread.start()
         log.info("hf engine ready in %.1fs", time.monotonic() - started)
@@ -271,15 +272,15 @@ class HFEngine(Engine):
                     ready[index].emit(ready[index].output(rows[index], finished=False))
             return {index for index, request in enumerate(ready) if request.aborted}
 
-        assert self._model is not None
+        assert self._model is not None and self._bank is not None
         self.stats["batches"] += 1
         self.stats["requests"] += len(ready)
         try:
             decode_batch(
-                self._peft or self._model,
+                self._model,
                 self._tokenizer,
                 rows,
-                use_adapter_names=self._peft is not None,
+                select_adapters=self._bank.select,
                 on_step=on_step,
             )
         except Exception as error:
@@ -309,22 +310,11 @@ class HFEngine(Engine):
             self._unload(victim, reason="evicted")
             self.stats["adapter_evictions"] += 1
         started = time.monotonic()
+        assert self._bank is not None
         try:
-            if self._peft is None:
-                assert self._model is not None
-                self._peft = PeftModel.from_pretrained(
-                    self._model, str(adapter.path), adapter_name=adapter.name
-                )
-                self._peft.eval()
-            else:
-                self._peft.load_adapter(str(adapter.path), adapter_name=adapter.name)
+            self._bank.add(adapter.name, adapter.path)
         except Exception as error:
-            log.warning("adapter %s failed to load: %s", adapter.name, type(error).__name__)
-            if self._peft is None:
-                # PEFT may have injected LoRA layers before failing: start from a clean base.
-                self._model, _ = load_causal_lm(self.model_path)
-            elif adapter.name in self._peft.peft_config:
-                self._peft.delete_adapter(adapter.name)
+            log.warning("adapter %s failed to load: %s", adapter.name, error)
             raise AdapterLoadError(f"adapter {adapter.name} could not be loaded") from error
         self._resident[adapter.name] = adapter
         self.stats["adapter_loads"] += 1
@@ -347,8 +337,6 @@ class HFEngine(Engine):
         if name not in self._resident:
             return
         del self._resident[name]
-        assert self._peft is not None
-        with warnings.catch_warnings():  # PEFT warns when the deleted adapter was the active one
-            warnings.simplefilter("ignore", UserWarning)
-            self._peft.delete_adapter(name)
+        assert self._bank is not None
+        self._bank.remove(name)
         log.info("adapter %s %s resident=%d", name, reason, len(self._resident))

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from server.adapter_store import ALLOWED_TARGETS
+from server.adapter_store import ALLOWED_TARGETS, CONFIG_FILE, WEIGHTS_FILE
 from server.engines.base import (
     AdapterLoadError,
     Engine,
@@ -72,7 +72,7 @@ def write_zero_adapter(model_path: Path, folder: Path) -> Path:
             tensors[f"{prefix}.lora_A.weight"] = torch.zeros(1, fan_in)
             tensors[f"{prefix}.lora_B.weight"] = torch.zeros(fan_out, 1)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    save_file(tensors, str(folder / WEIGHTS_FILE))
     adapter_config = {
         "peft_type": "LORA",
         "r": 1,
@@ -81,7 +81,7 @@ def write_zero_adapter(model_path: Path, folder: Path) -> Path:
         "bias": "none",
         "task_type": "CAUSAL_LM",
     }
-    (folder / "adapter_config.json").write_text(json.dumps(adapter_config))
+    (folder / CONFIG_FILE).write_text(json.dumps(adapter_config))
     return folder
 
 
@@ -251,6 +251,7 @@ class VLLMEngine(Engine):
             top_p=params.top_p,
             stop=list(params.stop) or None,
             seed=params.seed,
+            ignore_eos=params.ignore_eos,
         )
         self._in_flight[name] += 1
         finished = False

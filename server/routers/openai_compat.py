@@ -47,6 +47,8 @@ class _Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | Annotated[list[str], Field(max_length=8)] | None = None
     seed: int | None = None
+    # vLLM's extension: generate exactly max_tokens, past the end of text (for benchmarks).
+    ignore_eos: bool = False
     stream: bool = False
     n: Literal[1] = 1
 
@@ -92,6 +94,7 @@ async def _plan(generation: GenerationService, state: Any, body: _Sampling, prom
         top_p=body.top_p,
         stop=body.stop,
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
 
 

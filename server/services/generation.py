@@ -85,6 +85,7 @@ class GenerationService:
         top_p: float,
         stop: str | list[str] | None,
         seed: int | None,
+        ignore_eos: bool = False,
         top_k: int | None = None,
     ) -> Plan:
         """Routes and checks a request (/generate and /v1 both).
@@ -127,6 +128,7 @@ class GenerationService:
             top_p=top_p,
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             seed=seed,
+            ignore_eos=ignore_eos,
         )
         return Plan(uuid.uuid4().hex, prompt_ids, params, topic, served, modules, adapter, hits)
 
@@ -201,6 +203,7 @@ class GenerationService:
             top_p=request.top_p,
             stop=request.stop,
             seed=request.seed,
+            ignore_eos=request.ignore_eos,
             top_k=request.top_k,
         )
 

@@ -64,6 +64,12 @@ async def test_resident_adapters_are_bounded_least_recently_used_first(
     assert engine.resident_adapters() == ["a3", "a1"]
 
 
+async def test_ignore_eos_generates_exactly_max_tokens(engine: HFEngine) -> None:
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    outputs = [o async for o in engine.generate("fixed", PROMPT, params)]
+    assert len(outputs[-1].token_ids) == 40 and outputs[-1].finish_reason == "length"
+
+
 async def test_streaming_outputs_are_cumulative(engine: HFEngine) -> None:
     outputs = [o async for o in engine.generate("s", PROMPT, SamplingParams(max_tokens=12))]
     assert outputs[-1].finished and outputs[-1].finish_reason in ("stop", "length")

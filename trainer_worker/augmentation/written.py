@@ -132,5 +132,5 @@ class ServedModelGenerator(DataGenerator):
             question_ids(self.tokenizer, INSTRUCTION + text),
             SamplingParams(max_tokens=self.max_tokens),
         )
-        decode_batch(self.model, self.tokenizer, [row], use_adapter_names=False)
+        decode_batch(self.model, self.tokenizer, [row])
         return parse_written(row.text, text)

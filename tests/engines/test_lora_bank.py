@@ -1,0 +1,115 @@
+"""The LoRA bank against PEFT, the reference: same logits for every row of a mixed batch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from server.adapter_store import CONFIG_FILE, StoredAdapter
+from server.base_model import load_causal_lm
+from server.engines.lora_bank import LoRABank, UnsupportedAdapter
+
+PROMPTS = torch.tensor([[1, 5, 9, 42, 7, 3], [2, 8, 8, 100, 4, 6], [11, 12, 13, 14, 15, 16]])
+
+
+@pytest.fixture(scope="module")
+def folders(make_adapter: Callable[..., StoredAdapter]) -> dict[str, Path]:
+    store = make_adapter.store  # type: ignore[attr-defined]
+    return {
+        "r4": store / make_adapter(201).relative_path,
+        "r8": store / make_adapter(202, rank=8).relative_path,
+    }
+
+
+def peft_logits(tiny_model_dir: Path, folder: Path | None, prompts: torch.Tensor) -> torch.Tensor:
+    model, _ = load_causal_lm(tiny_model_dir)
+    if folder is not None:
+        model = PeftModel.from_pretrained(model, str(folder))
+    with torch.inference_mode():
+        return model(input_ids=prompts).logits
+
+
+@torch.inference_mode()
+def test_every_row_of_a_mixed_batch_gets_what_peft_gives_it(
+    tiny_model_dir: Path, folders: dict[str, Path]
+) -> None:
+    model, _ = load_causal_lm(tiny_model_dir)
+    bank = LoRABank(model)
+    assert bank.add("r4", folders["r4"]) == 4
+    assert bank.add("r8", folders["r8"]) == 8
+    bank.select(["r8", None, "r4"])
+    mixed = model(input_ids=PROMPTS).logits
+    expected = [
+        peft_logits(tiny_model_dir, folders["r8"], PROMPTS[0:1]),
+        peft_logits(tiny_model_dir, None, PROMPTS[1:2]),
+        peft_logits(tiny_model_dir, folders["r4"], PROMPTS[2:3]),
+    ]
+    for row, reference in enumerate(expected):
+        torch.testing.assert_close(mixed[row : row + 1], reference, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(expected[0], peft_logits(tiny_model_dir, None, PROMPTS[0:1]))
+
+    # The base row finishes first: the others keep their own adapters.
+    bank.select(["r8", "r4"])
+    torch.testing.assert_close(
+        model(input_ids=PROMPTS[[0, 2]]).logits,
+        torch.cat([expected[0], expected[2]]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    # One adapter for every row.
+    bank.select(["r4", "r4"])
+    torch.testing.assert_close(
+        model(input_ids=PROMPTS[:2]).logits,
+        peft_logits(tiny_model_dir, folders["r4"], PROMPTS[:2]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    # Removed adapters and base-only batches leave the base model exactly as it was.
+    bank.remove("r4")
+    bank.remove("r8")
+    assert "r4" not in bank
+    bank.select([None, None, None])
+    torch.testing.assert_close(
+        model(input_ids=PROMPTS).logits, peft_logits(tiny_model_dir, None, PROMPTS)
+    )
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda config: config | {"use_dora": True}, id="dora"),
+        pytest.param(lambda config: config | {"r": 2}, id="rank-disagrees-with-weights"),
+        pytest.param(lambda config: config | {"peft_type": "IA3"}, id="not-lora"),
+        pytest.param(lambda config: config | {"modules_to_save": ["lm_head"]}, id="full-layers"),
+    ],
+)
+def test_an_adapter_the_bank_cannot_apply_exactly_is_refused(
+    tiny_model_dir: Path,
+    folders: dict[str, Path],
+    tmp_path: Path,
+    spoil: Callable[[dict[str, object]], dict[str, object]],
+) -> None:
+    folder = tmp_path / "spoiled"
+    shutil.copytree(folders["r4"], folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps(spoil(config)))
+    model, _ = load_causal_lm(tiny_model_dir)
+    bank = LoRABank(model)
+    with pytest.raises(UnsupportedAdapter):
+        bank.add("spoiled", folder)
+    assert "spoiled" not in bank
+
+
+def test_an_adapter_for_another_model_is_refused(
+    tiny_model_dir: Path, folders: dict[str, Path]
+) -> None:
+    model, _ = load_causal_lm(tiny_model_dir)
+    model.model.layers = model.model.layers[:1]  # the adapter's second layer has no Linear here
+    with pytest.raises(UnsupportedAdapter, match="no Linear layer"):
+        LoRABank(model).add("r4", folders["r4"])
