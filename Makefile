@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# Every benchmark, with a summary of ratio lines; QUICK=1 for the reduced run (< 15 min on 2 cores).
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 format: install
 	$(BIN)/ruff format .

@@ -10,21 +10,18 @@ LORAMEM_TEST_POSTGRES_URL, default postgres@127.0.0.1:5432); writes bench/result
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
+from bench.common import ratio, save
 from server.registry import queue
 from server.registry.db import Database
 from server.registry.migrate import upgrade
 from server.registry.models import Topic
 from tests.helpers import temporary_postgres_database
-
-RESULTS = Path(__file__).parent / "results"
 
 
 @contextmanager
@@ -75,25 +72,27 @@ def measure(url: str, jobs: int, claimers: int) -> float:
     return jobs / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--claimers", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = {}
     for backend in ("sqlite", "postgresql"):
         rates = {}
         for claimers in (1, args.claimers):
             with database(backend) as url:
                 rates[claimers] = measure(url, args.jobs, claimers)
-        ratio = rates[args.claimers] / rates[1]
-        results[backend] = {"claims_per_s": rates, "ratio": ratio}
-        print(
-            f"{backend}: {rates[args.claimers]:.0f} claims/s with {args.claimers} claimers, "
-            f"{rates[1]:.0f} with 1; ratio {ratio:.2f}"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "claims.json").write_text(json.dumps(results, indent=2))
+        results[backend] = {
+            "claims_per_s": rates,
+            "ratio": ratio(
+                f"{backend} claims/s {args.claimers} claimers/1 claimer",
+                rates[args.claimers],
+                rates[1],
+            ),
+        }
+    save("claims", results)
+    return results
 
 
 if __name__ == "__main__":

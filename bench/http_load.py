@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,21 +20,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import process_env, served
-
-RESULTS = Path(__file__).parent / "results"
-MODEL_DIR = Path("data/models").resolve()  # the converted default model, shared with `make run`
-QUESTIONS = [
-    "What is the capital of France?",
-    "Name three colors of the rainbow.",
-    "Who wrote Romeo and Juliet?",
-    "How many legs does a spider have?",
-]
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+from bench.common import QUESTIONS, latency_summary, loramem, save
 
 
 async def drive(url: str, clients: int, per_client: int, tokens: int) -> dict[str, Any]:
@@ -64,40 +48,25 @@ async def drive(url: str, clients: int, per_client: int, tokens: int) -> dict[st
         "refused_429": statuses.count(429),
         "server_errors": sum(s >= 500 for s in statuses),
         "requests_per_s": len(latencies) / elapsed,
-        "p50_s": percentile(latencies, 0.5) if latencies else None,
-        "p99_s": percentile(latencies, 0.99) if latencies else None,
-        "mean_s": statistics.fmean(latencies) if latencies else None,
+        **latency_summary(latencies),
     }
 
 
-def run_server(engine: str, work: Path, **settings: str) -> Any:
-    work.mkdir(parents=True, exist_ok=True)
-    env = process_env(
-        data_dir=str(work / engine),
-        model_dir=str(MODEL_DIR),
-        engine=engine,
-        embedded_worker="false",
-        **settings,
-    )
-    env["VLLM_CPU_KVCACHE_SPACE"] = "2"
-    return served(env, work / f"{engine}.log")
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="hf,vllm")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--requests", type=int, default=64, help="requests per level (at least)")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--bound", type=int, default=16, help="admission bound of the 429 run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",")]
     results: dict[str, Any] = {"tokens": args.tokens, "engines": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for engine in args.engines.split(","):
             rows = []
-            with run_server(engine, work) as (url, _):
+            with loramem(work / engine, engine) as (url, _):
                 asyncio.run(drive(url, 2, 2, args.tokens))  # warm-up
                 for clients in levels:
                     per_client = max(2, -(-args.requests // clients))
@@ -110,10 +79,7 @@ def main() -> None:
                     )
             results["engines"][engine] = rows
         engine = args.engines.split(",")[0]
-        with run_server(engine, work / "overload", max_pending_requests=str(args.bound)) as (
-            url,
-            _,
-        ):
+        with loramem(work / "overload", engine, max_pending_requests=str(args.bound)) as (url, _):
             overload = asyncio.run(drive(url, 2 * args.bound, 4, args.tokens))
             after = asyncio.run(drive(url, 1, 2, args.tokens))
         share = overload["refused_429"] / overload["requests"]
@@ -125,8 +91,8 @@ def main() -> None:
             f"{share:.0%} refused with 429, {overload['server_errors']} 5xx, "
             f"recovered afterwards: {overload['recovered']}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "http_load.json").write_text(json.dumps(results, indent=2))
+    save("http_load", results)
+    return results
 
 
 if __name__ == "__main__":

@@ -30,11 +30,8 @@ from typing import Any
 
 import httpx
 
+from bench.common import MODEL_DIR, PAPER, RESULTS, digits_match, phonebook_qa, save
 from tests.helpers import process_env, served
-
-RESULTS = Path(__file__).parent / "results"
-PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper"
-MODEL_DIR = Path("data/models").resolve()
 
 # Made-up facts, as a user would paste them, and questions that do not reuse the text's words.
 FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -74,11 +71,6 @@ def normalized(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def digits_match(answer: str, output: str) -> bool:
-    want = re.sub(r"\D", "", answer)
-    return re.sub(r"\D", "", output)[: len(want)] == want
-
-
 class Server:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -114,12 +106,7 @@ class Server:
 def phonebook(server: Server, loads: list[str], ranks: list[int]) -> list[dict[str, Any]]:
     rows = []
     for load in loads:
-        with open(PAPER / "phonebook" / f"phonebook_qa_{load}.csv") as f:
-            entries = [
-                re.match(r"Question: (.*?)\s*Answer: (.*)", line["text"]).groups()  # type: ignore[union-attr]
-                for line in csv.DictReader(f)
-            ]
-        qa = [{"question": q.strip(), "answer": a.strip()} for q, a in entries]
+        qa = phonebook_qa(load)
         for rank in ranks:
             topic = f"phonebook-{load.lower()}-r{rank}"
             job = server.memorize(topic, qa=qa, options={"rank": rank})
@@ -244,16 +231,15 @@ def plot(results: dict[str, Any]) -> None:
         fig.savefig(RESULTS / "recall_modes.png", dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="phonebook,modes,routing,counterfact")
     parser.add_argument("--loads", default="1K,2K,4K,8K")
     parser.add_argument("--ranks", default="4,8,16,32")
     parser.add_argument("--counterfact-statements", type=int, default=40)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
-    RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         env = process_env(data_dir=tmp, model_dir=str(MODEL_DIR), engine="hf")
         with served(env, Path(tmp) / "server.log") as (url, _):
@@ -267,8 +253,9 @@ def main() -> None:
                 results["routing"] = routing(server)
             if "counterfact" in only:
                 results["counterfact"] = counterfact(server, args.counterfact_statements)
-    (RESULTS / "recall.json").write_text(json.dumps(results, indent=2))
+    save("recall", results)
     plot(results)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Trains one LoRA knowledge module with PEFT: all linear layers, alpha = r, AdamW, cosine."""
+"""Trains one LoRA knowledge module with PEFT: all linear layers, alpha = r, AdamW, cosine.
+
+QA knowledge stops early once it is learned: every example's answer was predicted exactly (argmax
+at every answer token, read off the logits the step computed anyway) at its latest visit. Greedy
+decoding then gives the answer, so further steps would only spend time.
+"""
 
 from __future__ import annotations
 
@@ -46,14 +51,21 @@ def _collate(batch: Sequence[TrainingExample], pad_id: int) -> dict[str, torch.T
 
 
 def _batches(
-    examples: Sequence[TrainingExample], batch_size: int, seed: int
-) -> Any:  # an endless iterator of batches, reshuffled every epoch
+    count: int, batch_size: int, seed: int
+) -> Any:  # an endless iterator of batches of example indices, reshuffled every epoch
     rng = random.Random(seed)
-    order = list(range(len(examples)))
+    order = list(range(count))
     while True:
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            yield [examples[i] for i in order[start : start + batch_size]]
+            yield order[start : start + batch_size]
+
+
+def _exact_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[bool]:
+    """Per row: is the argmax right at every labelled position?"""
+    targets = labels[:, 1:]
+    wrong = (logits[:, :-1].argmax(-1) != targets) & (targets != IGNORE_INDEX)
+    return (~wrong.any(-1)).tolist()
 
 
 def train_lora(
@@ -76,11 +88,24 @@ def train_lora(
         optimizer, round(options.warmup_ratio * total_steps), total_steps
     )
     batch_size = min(options.batch_size, len(examples))
-    batches = _batches(examples, batch_size, options.seed)
+    batches = _batches(len(examples), batch_size, options.seed)
+    # Only answers can be checked exactly; a text's language modelling never is.
+    stop_when_learned = options.stop_when_learned and all(
+        example.labels[0] == IGNORE_INDEX for example in examples
+    )
+    exact = [False] * len(examples)
     started = time.monotonic()
     for step in range(1, total_steps + 1):
-        batch = _collate(next(batches), pad_id)
-        loss = peft_model(**batch).loss
+        indices = next(batches)
+        batch = _collate([examples[i] for i in indices], pad_id)
+        output = peft_model(**batch)
+        loss = output.loss
+        if stop_when_learned:
+            with torch.no_grad():
+                for index, right in zip(
+                    indices, _exact_rows(output.logits, batch["labels"]), strict=True
+                ):
+                    exact[index] = right
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -88,11 +113,15 @@ def train_lora(
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step, total_steps, loss.item())
+        if all(exact):
+            break
     log.info(
-        "trained %d steps on %d examples in %.1fs",
+        "trained %d of %d steps on %d examples in %.1fs%s",
+        step,
         total_steps,
         len(examples),
         time.monotonic() - started,
+        " (every answer exact: stopped early)" if all(exact) else "",
     )
     peft_model.eval()
     return peft_model

@@ -27,6 +27,11 @@ class TrainingOptions(BaseModel):
     batch_size: int = Field(8, ge=1, le=256)
     warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    stop_when_learned: bool = Field(
+        True,
+        description="for QA knowledge: stop as soon as every answer was predicted exactly at "
+        "its latest step (the step budget is an upper bound)",
+    )
     augment: AugmentMode = Field(
         "mix",
         description="how texts become training data: 'mix' (QA pairs, summaries, rewrites and "

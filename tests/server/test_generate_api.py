@@ -65,7 +65,7 @@ async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
             assert rag["retrieved"][0]["text"] == "What is the name of Zorblax's pet? Quiggle"
     job = await wait_job(client, first.json()["job_id"])
     assert job["status"] == "succeeded", job
-    assert job["adapter_version"] == 1 and job["step"] == job["total_steps"] == 40
+    assert job["adapter_version"] == 1 and 1 <= job["step"] <= job["total_steps"] == 40
     assert job["progress"] == 1.0 and job["loss"] is not None and job["recall"] == 1.0
 
     answer = await client.post("/generate", json={"prompt": QA[0]["question"], "topic": "acme"})

@@ -66,7 +66,9 @@ def test_training_makes_the_tiny_model_recall_a_fact(tiny_model_dir: Path) -> No
     data = build_training_set(tokenizer, [Knowledge(question=q, answer=a) for q, a in facts])
     assert measure_recall(model, tokenizer, data.probes) == 0.0
     losses: list[float] = []
-    options = TrainingOptions(rank=8, learning_rate=1e-2, steps=40, dropout=0.0)
+    options = TrainingOptions(
+        rank=8, learning_rate=1e-2, steps=40, dropout=0.0, stop_when_learned=False
+    )
     trained = train_lora(
         model,
         tokenizer.pad_token_id,
@@ -76,3 +78,35 @@ def test_training_makes_the_tiny_model_recall_a_fact(tiny_model_dir: Path) -> No
     )
     assert len(losses) == 40 and losses[-1] < losses[0] / 2
     assert measure_recall(trained, tokenizer, data.probes) == 1.0
+
+
+@pytest.mark.parametrize("stop_when_learned", [True, False])
+def test_qa_training_stops_once_every_answer_is_exact(
+    tiny_model_dir: Path, stop_when_learned: bool
+) -> None:
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    facts = [("What is the name of Zorblax's pet?", "Quiggle"), ("Who won?", "Marta Ilvesk")]
+    data = build_training_set(tokenizer, [Knowledge(question=q, answer=a) for q, a in facts])
+    steps: list[int] = []
+    options = TrainingOptions(
+        rank=8, learning_rate=1e-2, steps=150, dropout=0.0, stop_when_learned=stop_when_learned
+    )
+    trained = train_lora(
+        model, tokenizer.pad_token_id, data.examples, options, lambda s, t, _: steps.append(s)
+    )
+    assert measure_recall(trained, tokenizer, data.probes) == 1.0
+    assert (steps[-1] < 150) == stop_when_learned
+
+
+def test_texts_train_the_whole_budget(tiny_model_dir: Path) -> None:
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    data = build_training_set(tokenizer, [Knowledge(text="Quiggle is the pet of Zorblax.")])
+    steps: list[int] = []
+    train_lora(
+        model,
+        tokenizer.pad_token_id,
+        data.examples,
+        TrainingOptions(rank=4, steps=12),
+        lambda s, t, _: steps.append(s),
+    )
+    assert steps[-1] == 12

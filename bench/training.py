@@ -1,0 +1,206 @@
+"""Training speed: loramem's trainer against a bare PEFT loop on the same data and settings, and
+the time each takes to reach 95% recall on PhoneBook 1K, on the default model, in one run.
+
+    .venv/bin/python -m bench.training [--entries 48] [--steps 20] [--check-every 25]
+
+- throughput: `--steps` optimizer steps on the PhoneBook QA pairs (chat-formatted, answer-only
+  loss, rank 8 on all linear layers, lr 2e-3, batch 8, cosine, per-batch padding). loramem's side
+  is a real trainer worker taking a real job from a registry (heartbeats included); its time is
+  the sum of its steps. Tokens/s = steps x batch x mean example length / time, for both.
+- time to 95% recall: loramem with its default recipe (answer-only loss, and training stops once
+  every answer is exact) against the bare loop as one would first write it (loss on the whole
+  sequence, a fixed budget, recall checked every `--check-every` steps, the checks not counted).
+  Recall: greedy decoding of every question, the answer's digits exactly.
+Writes bench/results/training.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import MODEL_DIR, digits_match, model_path, phonebook_qa, ratio, save
+
+BATCH = 8
+LEARNING_RATE = 2e-3
+RANK = 8
+
+
+def recall(model: Any, tokenizer: Any, qa: list[dict[str, str]]) -> float:
+    from server.engines import SamplingParams
+    from server.engines.decoding import DecodeRow, decode_batch
+    from server.prompting import question_ids
+
+    rows = [
+        DecodeRow(question_ids(tokenizer, p["question"]), SamplingParams(max_tokens=24)) for p in qa
+    ]
+    decode_batch(model, tokenizer, rows)
+    return sum(digits_match(p["answer"], r.text) for p, r in zip(qa, rows, strict=True)) / len(qa)
+
+
+def bare_loop(
+    qa: list[dict[str, str]],
+    steps: int,
+    *,
+    answer_only: bool,
+    check_every: int = 0,
+    target: float = 0.95,
+) -> dict[str, Any]:
+    """A plain PEFT training loop, written out as its docs show; no loramem code in it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    model = AutoModelForCausalLM.from_pretrained(model_path(), dtype=torch.float32)
+    examples = []
+    for pair in qa:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": pair["question"]}], add_generation_prompt=True
+        )
+        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        answer = tokenizer(pair["answer"], add_special_tokens=False)["input_ids"]
+        ids = prompt + answer + [tokenizer.eos_token_id]
+        labels = [-100] * len(prompt) + ids[len(prompt) :] if answer_only else list(ids)
+        examples.append((ids, labels))
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=RANK,
+        lora_alpha=RANK,
+        lora_dropout=0.1,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, round(0.05 * steps), steps)
+    order: list[int] = []
+    rng = random.Random(0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trained = 0.0
+    curve = []
+    for step in range(1, steps + 1):
+        if not order:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        batch = [examples[order.pop()] for _ in range(min(BATCH, len(order)))]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        started = time.perf_counter()
+        model.train()
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        trained += time.perf_counter() - started
+        if check_every and step % check_every == 0:
+            model.eval()
+            share = recall(model, tokenizer, qa)
+            curve.append({"step": step, "recall": share, "train_s": trained})
+            print(f"  bare step {step}: recall {share:.1%} after {trained:.0f} s", flush=True)
+            if share >= target:
+                break
+    return {"seconds": trained, "steps": step, "curve": curve}
+
+
+def trainer(qa: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
+    """One job through loramem's registry and trainer worker, in this process."""
+    from server.config import Settings
+    from server.registry.db import Database
+    from server.registry.migrate import upgrade
+    from server.registry.models import Job
+    from server.schemas import MemorizeRequest
+    from server.services.memory import MemoryService
+    from trainer_worker.worker import TrainerWorker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), model_dir=MODEL_DIR)
+        upgrade(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url)
+        try:
+            request = MemorizeRequest.model_validate(
+                {"topic": "phonebook", "qa": qa, "options": options}
+            )
+            job_id = MemoryService(settings, db).memorize(request, None).job_id
+            steps: list[float] = []
+            TrainerWorker(settings, db, observe_step=steps.append).run_once()
+            with db.session() as session:
+                job = session.get(Job, job_id)
+                assert job is not None and job.status == "succeeded", job and job.error
+                measured = job.recall
+        finally:
+            db.dispose()
+    return {"seconds": sum(steps), "steps": len(steps), "recall": measured}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=48, help="PhoneBook 1K entries used")
+    parser.add_argument("--steps", type=int, default=20, help="steps of the throughput run")
+    parser.add_argument("--check-every", type=int, default=25)
+    parser.add_argument("--budget", type=int, default=200, help="most steps of the bare run")
+    args = parser.parse_args(argv)
+    qa = phonebook_qa("1K")[: args.entries]
+    from server.base_model import load_causal_lm
+    from trainer_worker.training_data import Knowledge, build_training_set
+
+    _, tokenizer = load_causal_lm(model_path())
+    data = build_training_set(
+        tokenizer, [Knowledge(question=p["question"], answer=p["answer"]) for p in qa]
+    )
+    mean_tokens = data.tokens / len(data.examples)
+    tokens = args.steps * min(BATCH, len(qa)) * mean_tokens
+    fixed = {"rank": RANK, "learning_rate": LEARNING_RATE, "batch_size": BATCH}
+
+    ours = trainer(qa, {**fixed, "steps": args.steps, "stop_when_learned": False})
+    bare = bare_loop(qa, args.steps, answer_only=True)
+    ratios = [
+        ratio(
+            "trainer/bare PEFT tokens/s",
+            tokens / ours["seconds"],
+            tokens / bare["seconds"],
+            ">= 0.95",
+        )
+    ]
+    speeds = f"trainer {tokens / ours['seconds']:.0f}, bare {tokens / bare['seconds']:.0f}"
+    print(f"  tokens/s: {speeds}", flush=True)
+
+    learned = trainer(qa, fixed)
+    print(
+        f"  loramem recipe: recall {learned['recall']:.1%} after {learned['steps']} steps, "
+        f"{learned['seconds']:.0f} s of training",
+        flush=True,
+    )
+    naive = bare_loop(qa, args.budget, answer_only=False, check_every=args.check_every, target=0.95)
+    reached = naive["curve"] and naive["curve"][-1]["recall"] >= 0.95
+    ratios.append(
+        ratio(
+            "time to 95% recall bare/loramem",
+            naive["seconds"] if reached else math.inf,
+            learned["seconds"],
+            "> 1 (loramem faster), with recall >= 0.95",
+        )
+    )
+    report = {
+        "entries": len(qa),
+        "mean_example_tokens": mean_tokens,
+        "throughput": {"steps": args.steps, "loramem": ours, "bare": bare},
+        "to_95_recall": {"loramem": learned, "bare": naive},
+        "ratios": ratios,
+    }
+    save("training", report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
