@@ -181,7 +181,7 @@ def publish(data_dir: Path, topic: str, adapter: Path, rank: int = 8) -> int:
                 row = Topic(name=topic)
                 session.add(row)
                 session.flush()
-            queue.enqueue(session, row, {"rank": rank})
+            queue.enqueue(session, row, {"rank": rank}, max_attempts=1)
         job = queue.claim(db, "bench", lease_seconds=60)
         assert job is not None
         stored = save_adapter(

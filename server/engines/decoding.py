@@ -1,8 +1,8 @@
 """One batched decoding loop over a transformers model, with a LoRA adapter per row.
 
-Serving (the HF engine, adapters from its `LoRABank`) and recall measurement (the trainer, on the
-PEFT model it just trained) both decode through `decode_batch`: the same prompts, stops and
-sampling, so the recall a version is promoted with is what requests will see.
+Serving (the HF engine's `RunningBatch`, adapters from its `LoRABank`) and recall measurement (the
+trainer's `decode_batch`, on the PEFT model it just trained) decode the same way: the same
+prompts, stops and sampling, so the recall a version is promoted with is what requests will see.
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ class DecodeRow:
             self.generator = torch.Generator().manual_seed(self.params.seed)
 
 
-# Called after every step with the rows that produced something; returns the indices (into the
-# rows passed to decode_batch) of rows to stop early, e.g. because their client went away.
-StepCallback = Callable[[list[int]], set[int]]
-# Called before every forward pass with the adapter name of each row still decoding, in order.
+# Called before every forward pass with the adapter name of each row in it, in order.
 AdapterSelector = Callable[[list[str | None]], None]
 
 
@@ -85,64 +82,150 @@ def _update_text(row: DecodeRow, tokenizer: Any, stop_ids: set[int]) -> bool:
     return changed or row.finish_reason is not None
 
 
-@torch.inference_mode()
+class RunningBatch:
+    """Rows decoding together, one token each per step; rows join and leave between steps.
+
+    Joining rows are prefilled on their own (left-padded among themselves), then their KV cache is
+    merged into the running one: both are left-padded to the longer length and the attention mask
+    hides the padding. A new request so starts at the next step instead of after the whole batch,
+    and a finished row frees its slot at once.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, select_adapters: AdapterSelector | None = None
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.select_adapters = select_adapters
+        self.stop_ids = _stop_token_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.rows: list[DecodeRow] = []  # in cache order
+        self._cache = DynamicCache()
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+        self._positions = torch.zeros((0, 1), dtype=torch.long)
+        self._next = torch.zeros((0, 1), dtype=torch.long)
+
+    @torch.inference_mode()
+    def join(self, rows: list[DecodeRow]) -> list[DecodeRow]:
+        """Prefills `rows` (their first token) and adds them; returns those whose text moved."""
+        width = max(len(row.prompt_ids) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):  # left padding: every row's next token is at the end
+            input_ids[index, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            mask[index, width - len(row.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        tokens, moved = self._forward(rows, input_ids, mask, positions, cache)
+        if not self.rows:
+            self._cache, self._mask = cache, mask
+            self._positions, self._next = positions[:, -1:], tokens
+        else:
+            length = max(self._mask.shape[1], width)
+            for kept, joined in zip(_layers(self._cache), _layers(cache), strict=True):
+                kept.keys = _stack_left_padded(kept.keys, joined.keys, length)
+                kept.values = _stack_left_padded(kept.values, joined.values, length)
+            self._mask = _stack_left_padded(self._mask, mask, length)
+            self._positions = torch.cat([self._positions, positions[:, -1:]])
+            self._next = torch.cat([self._next, tokens])
+        self.rows.extend(rows)
+        return moved
+
+    @torch.inference_mode()
+    def step(self) -> list[DecodeRow]:
+        """One token for every row; returns the rows whose text moved."""
+        self._mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
+        self._positions = self._positions + 1
+        self._next, moved = self._forward(
+            self.rows, self._next, self._mask, self._positions, self._cache
+        )
+        return moved
+
+    def leave(self) -> list[DecodeRow]:
+        """Removes the rows that finished (or were given a finish_reason); returns them."""
+        keep = [n for n, row in enumerate(self.rows) if row.finish_reason is None]
+        if len(keep) == len(self.rows):
+            return []
+        gone = [row for row in self.rows if row.finish_reason is not None]
+        self.rows = [self.rows[n] for n in keep]
+        if not keep:
+            self._cache = DynamicCache()
+            return gone
+        index = torch.tensor(keep)
+        self._cache.batch_select_indices(index)
+        self._mask, self._positions, self._next = (
+            self._mask[index],
+            self._positions[index],
+            self._next[index],
+        )
+        # Columns that only padded the rows that left are dropped.
+        start = int(self._mask.any(0).nonzero()[0])
+        if start:
+            self._mask = self._mask[:, start:]
+            for layer in _layers(self._cache):
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+        return gone
+
+    def _forward(
+        self,
+        rows: list[DecodeRow],
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> tuple[torch.Tensor, list[DecodeRow]]:
+        if self.select_adapters is not None:
+            self.select_adapters([row.adapter_name for row in rows])
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+        tokens = _choose_tokens(logits, rows)
+        moved = []
+        for row, token in zip(rows, tokens, strict=True):
+            row.generated.append(token)
+            if _update_text(row, self.tokenizer, self.stop_ids):
+                moved.append(row)
+        return torch.tensor(tokens, dtype=torch.long).unsqueeze(-1), moved
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's per-layer key and value states (`keys`, `values`: batch, heads, length, dim)."""
+    return list(cache.layers)
+
+
+def _stack_left_padded(first: torch.Tensor, second: torch.Tensor, length: int) -> torch.Tensor:
+    """Both along the batch, each padded with zeros before its sequence dimension to `length`
+    (the last dimension of a mask, the one before it of KV states)."""
+    dim = -1 if first.dim() == 2 else -2
+    padded = []
+    for tensor in (first, second):
+        missing = length - tensor.shape[dim]
+        pad = (missing, 0) if dim == -1 else (0, 0, missing, 0)
+        padded.append(torch.nn.functional.pad(tensor, pad) if missing else tensor)
+    return torch.cat(padded)
+
+
 def decode_batch(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[DecodeRow],
     *,
     select_adapters: AdapterSelector | None = None,
-    on_step: StepCallback | None = None,
 ) -> None:
     """Generates for every row until each stops; fills `generated`, `text`, `finish_reason`."""
     if not rows:
         return
-    stop_ids = _stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(row.prompt_ids) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):  # left padding: every row's next token is at the end
-        input_ids[index, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-        attention_mask[index, width - len(row.prompt_ids) :] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    active = list(range(len(rows)))  # indices into rows, in cache order
-    cache = DynamicCache()
-    while active:
-        if select_adapters is not None:
-            select_adapters([rows[i].adapter_name for i in active])
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
-        tokens = _choose_tokens(logits, [rows[i] for i in active])
-        moved = []
-        for index, token in zip(active, tokens, strict=True):
-            rows[index].generated.append(token)
-            if _update_text(rows[index], tokenizer, stop_ids):
-                moved.append(index)
-        stopped = on_step(moved) if on_step else set()
-        for index in stopped:
-            if rows[index].finish_reason is None:
-                rows[index].finish_reason = "abort"
-        keep = [n for n, index in enumerate(active) if rows[index].finish_reason is None]
-        if not keep:
-            return
-        if len(keep) < len(active):
-            cache.batch_select_indices(torch.tensor(keep))
-            attention_mask = attention_mask[keep]
-            position_ids = position_ids[keep]
-            tokens = [tokens[n] for n in keep]
-            active = [active[n] for n in keep]
-        input_ids = torch.tensor(tokens, dtype=torch.long).unsqueeze(-1)
-        attention_mask = torch.cat(
-            [attention_mask, torch.ones((len(active), 1), dtype=torch.long)], 1
-        )
-        position_ids = position_ids[:, -1:] + 1
+    batch = RunningBatch(model, tokenizer, select_adapters)
+    batch.join(rows)
+    batch.leave()
+    while batch.rows:
+        batch.step()
+        batch.leave()
 
 
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -1,12 +1,13 @@
-"""The HF transformers engine: fp32 on CPU, several LoRA adapters resident, mixed batches.
+"""The HF transformers engine: fp32 on CPU, several LoRA adapters resident, continuous batching.
 
-One engine thread owns the model. Requests from concurrent HTTP calls queue up; the thread takes up
-to `max_batch_size` of them into one batch in which every row names its own adapter (applied by
-the `LoRABank`, two matmuls per layer for any mix), decodes until every row stops, then takes the
-next batch. Adapter loads and
-unloads run on the same thread between batches, so a version swap never touches a batch in flight.
-Resident adapters are bounded (least recently used evicted first); a request whose adapter was
-evicted loads it again on demand.
+One engine thread owns the model and one running batch of up to `max_batch_size` rows, in which
+every row names its own adapter (applied by the `LoRABank`, two matmuls per layer for any mix).
+Between two decoding steps the thread runs adapter loads and unloads, lets finished rows leave
+and lets queued requests join (prefilled, then merged into the batch's KV cache), so a request
+never waits for a whole batch to end, and a new version is served from the next step. A version
+swap never touches a row in flight: that row keeps the adapter it started with. Resident adapters
+are bounded (least recently used evicted first, never one a running row uses); a request whose
+adapter was evicted loads it again on demand.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from server.engines.base import (
     LoRAAdapter,
     SamplingParams,
 )
-from server.engines.decoding import DecodeRow, decode_batch
+from server.engines.decoding import DecodeRow, RunningBatch
 from server.engines.lora_bank import LoRABank
 
 log = logging.getLogger("loramem.engine")
@@ -75,12 +76,14 @@ class HFEngine(Engine):
         *,
         max_batch_size: int = 16,
         max_resident_adapters: int = 8,
-        batch_wait_seconds: float = 0.005,
+        batch_wait_seconds: float = 0.01,
+        max_batch_wait_seconds: float = 0.2,
     ) -> None:
         self.model_path = model_path
         self.max_batch_size = max_batch_size
         self.max_resident_adapters = max_resident_adapters
         self.batch_wait_seconds = batch_wait_seconds
+        self.max_batch_wait_seconds = max_batch_wait_seconds
         self._model: PreTrainedModel | None = None
         self._bank: LoRABank | None = None
         self._tokenizer: Any = None
@@ -90,6 +93,9 @@ class HFEngine(Engine):
         self._retired: set[str] = set()
         self._pending: deque[_Request] = deque()
         self._serving: list[_Request] = []
+        # The requests of the running batch, by id() of their row.
+        self._rows: dict[int, _Request] = {}
+        self._batch: RunningBatch
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -119,6 +125,7 @@ class HFEngine(Engine):
         started = time.monotonic()
         model, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path)
         self._model, self._bank = model, LoRABank(model)
+        self._batch = self._new_batch()
         self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)
         self._thread.start()
         log.info("hf engine ready in %.1fs", time.monotonic() - started)
@@ -144,7 +151,7 @@ class HFEngine(Engine):
     async def add_adapter(self, adapter: LoRAAdapter) -> None:
         def add() -> None:
             self._retired.discard(adapter.name)  # e.g. a rollback to an older version
-            self._ensure_resident(adapter, pinned=set())
+            self._ensure_resident(adapter, pinned=self._in_use())
 
         await self._call(add)
 
@@ -200,17 +207,16 @@ class HFEngine(Engine):
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not (self._pending or self._commands or self._stopping):
+                while not (self._pending or self._commands or self._stopping or self._rows):
                     self._wakeup.wait()
                 if self._stopping:
                     break
-            if self._pending and not self._commands:
-                time.sleep(self.batch_wait_seconds)  # let concurrent arrivals join this batch
+            if self._pending and not self._rows and not self._commands:
+                self._await_arrivals()
             with self._wakeup:
                 commands = list(self._commands)
                 self._commands.clear()
-                batch = self._take_batch()
-                self._serving = batch
+            # Between two steps: a new version is loaded without waiting for running requests.
             for command, future in commands:
                 if not future.set_running_or_notify_cancel():
                     continue  # its caller was cancelled (a request gone, a shutdown)
@@ -218,25 +224,46 @@ class HFEngine(Engine):
                     future.set_result(command())
                 except BaseException as error:
                     future.set_exception(error)
-            if batch:
-                self._serve(batch)
             with self._wakeup:
-                self._serving = []
+                joining = self._take_joining()
+                self._serving = [*self._rows.values(), *joining]
+            if joining:
+                self._join(joining)
+            if self._rows:
+                self._step()
             self._unload_retired()
         with self._wakeup:
-            for request in self._pending:
+            for request in [*self._pending, *self._rows.values()]:
                 request.emit(EngineError("engine shut down"))
             self._pending.clear()
+            self._rows.clear()
             for _, future in self._commands:
                 future.set_exception(EngineError("engine shut down"))
             self._commands.clear()
 
-    def _take_batch(self) -> list[_Request]:
-        """Oldest first, bounded by batch size and by how many adapters may be resident at once."""
-        batch: list[_Request] = []
-        adapters: set[str] = set()
+    def _await_arrivals(self) -> None:
+        """Lets a burst of concurrent calls start together in one prefill: waits until no request
+        arrived for `batch_wait_seconds`, the batch is full, or `max_batch_wait_seconds` passed."""
+        deadline = time.monotonic() + self.max_batch_wait_seconds
+        seen = 0
+        while time.monotonic() < deadline:
+            with self._wakeup:
+                arrived = len(self._pending)
+            if arrived == seen or arrived >= self.max_batch_size:
+                return
+            seen = arrived
+            time.sleep(self.batch_wait_seconds)
+
+    def _in_use(self) -> set[str]:
+        return {r.adapter.name for r in self._rows.values() if r.adapter}
+
+    def _take_joining(self) -> list[_Request]:
+        """Oldest first, into the free rows of the batch, while the adapters of the running and
+        joining requests fit among the resident ones."""
+        joining: list[_Request] = []
+        adapters = self._in_use()
         deferred: deque[_Request] = deque()
-        while self._pending and len(batch) < self.max_batch_size:
+        while self._pending and len(self._rows) + len(joining) < self.max_batch_size:
             request = self._pending.popleft()
             if request.aborted:
                 self.stats["aborted"] += 1
@@ -248,49 +275,68 @@ class HFEngine(Engine):
                 continue
             if name:
                 adapters.add(name)
-            batch.append(request)
+            joining.append(request)
         self._pending.extendleft(reversed(deferred))
-        return batch
+        return joining
 
-    def _serve(self, batch: list[_Request]) -> None:
-        pinned = {r.adapter.name for r in batch if r.adapter}
-        ready: list[_Request] = []
-        for request in batch:
+    def _join(self, joining: list[_Request]) -> None:
+        pinned = self._in_use() | {r.adapter.name for r in joining if r.adapter}
+        rows: list[DecodeRow] = []
+        for request in joining:
             try:
                 if request.adapter:
                     self._ensure_resident(request.adapter, pinned)
-                ready.append(request)
             except AdapterLoadError as error:
                 request.emit(error)
-        rows = [
-            DecodeRow(r.prompt_ids, r.params, r.adapter.name if r.adapter else None) for r in ready
-        ]
-
-        def on_step(moved: list[int]) -> set[int]:
-            for index in moved:
-                if rows[index].finish_reason is None:
-                    ready[index].emit(ready[index].output(rows[index], finished=False))
-            return {index for index, request in enumerate(ready) if request.aborted}
-
-        assert self._model is not None and self._bank is not None
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(ready)
-        try:
-            decode_batch(
-                self._model,
-                self._tokenizer,
-                rows,
-                select_adapters=self._bank.select,
-                on_step=on_step,
+                continue
+            rows.append(
+                DecodeRow(
+                    request.prompt_ids,
+                    request.params,
+                    request.adapter.name if request.adapter else None,
+                )
             )
-        except Exception as error:
-            log.exception("batch of %d failed", len(ready))
-            for request in ready:
-                request.emit(EngineError(f"generation failed: {type(error).__name__}"))
+            self._rows[id(rows[-1])] = request
+        if not rows:
             return
-        for request, row in zip(ready, rows, strict=True):
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(rows)
+        self._advance(lambda: self._batch.join(rows), rows)
+
+    def _step(self) -> None:
+        for row in self._batch.rows:
+            if self._rows[id(row)].aborted:
+                row.finish_reason = "abort"
+        self._finish()
+        if self._batch.rows:
+            self._advance(self._batch.step, self._batch.rows)
+
+    def _advance(self, forward: Callable[[], list[DecodeRow]], rows: list[DecodeRow]) -> None:
+        """Runs a prefill or a step, streams what moved, and ends the rows that finished."""
+        try:
+            moved = forward()
+        except Exception as error:
+            log.exception("a step of %d rows failed", len(self._rows))
+            for request in self._rows.values():
+                request.emit(EngineError(f"generation failed: {type(error).__name__}"))
+            self._rows.clear()
+            self._batch = self._new_batch()
+            return
+        for row in moved:
+            if row.finish_reason is None:
+                request = self._rows[id(row)]
+                request.emit(request.output(row, finished=False))
+        self._finish()
+
+    def _finish(self) -> None:
+        for row in self._batch.leave():
+            request = self._rows.pop(id(row))
             self.stats["aborted"] += row.finish_reason == "abort"
             request.emit(request.output(row, finished=True))
+
+    def _new_batch(self) -> RunningBatch:
+        assert self._model is not None and self._bank is not None
+        return RunningBatch(self._model, self._tokenizer, self._bank.select)
 
     def _ensure_resident(self, adapter: LoRAAdapter, pinned: set[str]) -> None:
         if adapter.name in self._resident:
@@ -330,6 +376,7 @@ class HFEngine(Engine):
     def _unload_retired(self) -> None:
         with self._wakeup:
             wanted = {r.adapter.name for r in self._pending if r.adapter and not r.aborted}
+        wanted |= self._in_use()
         for name in (self._retired & self._resident.keys()) - wanted:
             self._unload(name)
 

@@ -4,8 +4,9 @@ PEFT's mixed batches (`adapter_names`) run every adapter's rows as a separate su
 layer: DESIGN.md measured 4 mixed adapters at 0.64 of one. Here, when a batch starts, each adapted
 layer gets its rows' matrices stacked (`A [rows, in, r]`, `B [rows, r, out]`, alpha/r folded into
 B, zeros for base rows), so the update is two batched matmuls per layer whatever the mix. Rows
-that finish leave the stacks by indexing; nothing is gathered again. A batch with one adapter for
-every row uses plain matmuls, and a batch with none adds nothing.
+that finish leave the stacks by indexing and rows that join are appended: only their matrices are
+gathered. A batch with one adapter for every row uses plain matmuls, and one with none adds
+nothing.
 
 The base model is never modified: the update is added by a forward hook on each adapted Linear,
 so an adapter that fails validation is simply not added, and removing one frees its tensors.
@@ -46,7 +47,7 @@ def lora_scaling(config: dict[str, Any]) -> float:
 @dataclass(frozen=True)
 class BankedAdapter:
     rank: int
-    # module name -> (A [rank, in], B·scaling [out, rank])
+    # module name -> (Aᵀ [in, rank], (B·scaling)ᵀ [rank, out]): x @ Aᵀ @ Bᵀ is the update
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -72,7 +73,7 @@ def read_adapter(path: Path, linears: dict[str, nn.Linear]) -> BankedAdapter:
         a, b = state[key_a].float(), state[key_b].float()
         if a.shape != (rank, linear.in_features) or b.shape != (linear.out_features, rank):
             raise UnsupportedAdapter(f"shapes of {module!r} do not fit the model")
-        weights[module] = (a.contiguous(), (b * scaling).contiguous())
+        weights[module] = (a.T.contiguous(), (b * scaling).T.contiguous())
     if len(weights) * 2 != len(state):
         raise UnsupportedAdapter("weights other than LoRA A/B pairs")
     if not weights:
@@ -94,6 +95,10 @@ class LoRABank:
         # What the next forward passes add, per module: nothing (absent), one adapter's (A, B)
         # for all rows, or the rows' own (A [rows, in, r], B [rows, r, out]) for a batched matmul.
         self._updates: dict[str, tuple[bool, torch.Tensor, torch.Tensor]] = {}
+        # The last per-row stacks, with the rows they were stacked for.
+        self._stacked: tuple[
+            tuple[str | None, ...], dict[str, tuple[bool, torch.Tensor, torch.Tensor]]
+        ] = ((), {})
         self._hooks = [
             module.register_forward_hook(self._hook(name)) for name, module in self._linears.items()
         ]
@@ -110,8 +115,8 @@ class LoRABank:
 
     def remove(self, name: str) -> None:
         self._adapters.pop(name, None)
-        if name in self._rows:  # the next batch gathers afresh
-            self._rows, self._updates = (), {}
+        if name in self._rows or name in self._stacked[0]:  # the next batch gathers afresh
+            self._rows, self._updates, self._stacked = (), {}, ((), {})
 
     def close(self) -> None:
         for hook in self._hooks:
@@ -122,7 +127,6 @@ class LoRABank:
         rows = tuple(row_adapters)
         if rows == self._rows:
             return
-        kept = _kept_rows(self._rows, rows)
         names = {name for name in rows if name is not None}
         if not names:
             self._updates = {}
@@ -131,35 +135,59 @@ class LoRABank:
             self._updates = {
                 module: (False, a, b) for module, (a, b) in self._adapters[name].weights.items()
             }
-        elif kept is not None and all(per_row for per_row, _, _ in self._updates.values()):
-            # Rows that finished leave the batch: keep the others' matrices, gather nothing anew.
-            index = torch.tensor(kept)
-            self._updates = {
-                module: (True, a[index], b[index]) for module, (_, a, b) in self._updates.items()
-            }
         else:
-            self._updates = self._gather_rows(rows)
+            self._updates = self._stack_rows(rows)
+            self._stacked = (rows, self._updates)
         self._rows = rows
 
-    def _gather_rows(
+    def _stack_rows(
         self, rows: tuple[str | None, ...]
     ) -> dict[str, tuple[bool, torch.Tensor, torch.Tensor]]:
-        """Stacks each row's matrices (zeros for base rows, padded to the batch's largest rank)."""
+        """Each row's matrices stacked (zeros for base rows, padded to the largest rank).
+
+        Rows of the last stacked batch are taken from it (rows that finished leave it, rows that
+        join are appended): only joining rows are gathered, not the whole batch again.
+        """
+        before, stacked = self._stacked
+        kept = _kept_prefix(before, rows)
+        joining = rows[len(kept) :]
         rank = max(self._adapters[name].rank for name in rows if name is not None)
+        if kept and any(a.shape[-1] != rank for _, a, _ in stacked.values()):
+            kept = []
+        index = torch.tensor(kept, dtype=torch.long)
         updates = {}
         for module, linear in self._linears.items():
-            per_row = [self._adapters[name].weights.get(module) if name else None for name in rows]
-            if all(weights is None for weights in per_row):
+            if not any(name and module in self._adapters[name].weights for name in rows):
                 continue
-            a_rows = torch.zeros(len(rows), linear.in_features, rank)
-            b_rows = torch.zeros(len(rows), rank, linear.out_features)
-            for row, weights in enumerate(per_row):
-                if weights is not None:
-                    a, b = weights
-                    a_rows[row, :, : a.shape[0]] = a.T
-                    b_rows[row, : b.shape[1]] = b.T
-            updates[module] = (True, a_rows, b_rows)
+            parts_a: list[torch.Tensor] = []
+            parts_b: list[torch.Tensor] = []
+            if kept:
+                a_rows, b_rows = (
+                    stacked[module][1:] if module in stacked else self._zeros(linear, rank, kept)
+                )
+                parts_a.append(a_rows[index])
+                parts_b.append(b_rows[index])
+            for name in joining:
+                weights = self._adapters[name].weights.get(module) if name else None
+                a, b = weights or self._zeros(linear, rank)
+                if a.shape[-1] != rank:
+                    a = nn.functional.pad(a, (0, rank - a.shape[-1]))
+                    b = nn.functional.pad(b, (0, 0, 0, rank - b.shape[0]))
+                parts_a.append(a.unsqueeze(0))
+                parts_b.append(b.unsqueeze(0))
+            updates[module] = (True, torch.cat(parts_a), torch.cat(parts_b))
         return updates
+
+    @staticmethod
+    def _zeros(
+        linear: nn.Linear, rank: int, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A base row's matrices (or, given `rows`, a stack as large as they index)."""
+        batch = () if rows is None else (max(rows) + 1,)
+        return (
+            torch.zeros(*batch, linear.in_features, rank),
+            torch.zeros(*batch, rank, linear.out_features),
+        )
 
     def _hook(self, module: str) -> Any:
         def add_update(_: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> Any:
@@ -169,13 +197,13 @@ class LoRABank:
             per_row, a, b = update
             if per_row:
                 return output + torch.bmm(torch.bmm(args[0], a), b)
-            return output + nn.functional.linear(nn.functional.linear(args[0], a), b)
+            return output + torch.matmul(torch.matmul(args[0], a), b)
 
         return add_update
 
 
-def _kept_rows(before: tuple[str | None, ...], after: tuple[str | None, ...]) -> list[int] | None:
-    """Indices of `before` that `after` keeps, in order, if `after` is `before` less some rows.
+def _kept_prefix(before: tuple[str | None, ...], after: tuple[str | None, ...]) -> list[int]:
+    """Indices into `before` of the longest start of `after` that `before` holds in order.
 
     Rows with the same adapter have the same matrices, so matching names in order is enough.
     """
@@ -184,7 +212,7 @@ def _kept_rows(before: tuple[str | None, ...], after: tuple[str | None, ...]) ->
         while position < len(before) and before[position] != name:
             position += 1
         if position == len(before):
-            return None
+            break
         kept.append(position)
         position += 1
     return kept

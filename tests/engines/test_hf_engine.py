@@ -64,6 +64,30 @@ async def test_resident_adapters_are_bounded_least_recently_used_first(
     assert engine.resident_adapters() == ["a3", "a1"]
 
 
+async def test_a_request_joins_the_running_batch_and_leaves_before_it_ends(
+    engine: HFEngine, adapters: list[LoRAAdapter]
+) -> None:
+    long = SamplingParams(max_tokens=120, ignore_eos=True)
+    short = SamplingParams(max_tokens=6, ignore_eos=True)
+    long_alone = (await _last(engine.generate("a", PROMPT, long))).token_ids
+    short_alone = (await _last(engine.generate("b", OTHER_PROMPT, short, adapters[0]))).token_ids
+
+    running = engine.generate("long", PROMPT, long)
+    first = await anext(running)
+    rest = asyncio.create_task(_last(running))
+    joined = await _last(engine.generate("short", OTHER_PROMPT, short, adapters[0]))
+    assert not rest.done(), "the short request had to wait for the long one"
+    assert joined.token_ids == short_alone
+    # A new adapter loads between two steps of the running request, not after it.
+    await engine.add_adapter(adapters[1])
+    assert not rest.done()
+    assert len(first.token_ids) == 1 and (await rest).token_ids == long_alone
+
+
+async def _last(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
+    return [output async for output in outputs][-1]
+
+
 async def test_ignore_eos_generates_exactly_max_tokens(engine: HFEngine) -> None:
     params = SamplingParams(max_tokens=40, ignore_eos=True)
     outputs = [o async for o in engine.generate("fixed", PROMPT, params)]

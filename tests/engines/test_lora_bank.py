@@ -62,6 +62,14 @@ def test_every_row_of_a_mixed_batch_gets_what_peft_gives_it(
         atol=1e-4,
         rtol=1e-4,
     )
+    # A base row joins the two left: only its matrices are new.
+    bank.select(["r8", "r4", None])
+    torch.testing.assert_close(
+        model(input_ids=PROMPTS[[0, 2, 1]]).logits,
+        torch.cat([expected[0], expected[2], expected[1]]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
     # One adapter for every row.
     bank.select(["r4", "r4"])
     torch.testing.assert_close(
