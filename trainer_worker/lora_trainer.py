@@ -97,7 +97,10 @@ def train_lora(
     started = time.monotonic()
     for step in range(1, total_steps + 1):
         indices = next(batches)
-        batch = _collate([examples[i] for i in indices], pad_id)
+        batch = {
+            name: tensor.to(peft_model.device)
+            for name, tensor in _collate([examples[i] for i in indices], pad_id).items()
+        }
         output = peft_model(**batch)
         loss = output.loss
         if stop_when_learned:

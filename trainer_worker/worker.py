@@ -136,7 +136,7 @@ class TrainerWorker:
             ) from error
         if self._base_model_path is None:
             self._base_model_path = resolve_base_model(self.settings)
-        model, tokenizer = load_causal_lm(self._base_model_path)
+        model, tokenizer = load_causal_lm(self._base_model_path, self.settings.device)
         documents = self._knowledge(job, options, model, tokenizer)
         capacity = module_capacity(
             options.rank, self.settings.module_tokens_per_rank, self.settings.module_max_tokens

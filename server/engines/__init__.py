@@ -58,4 +58,5 @@ def create_engine(settings: Settings, model_path: Path) -> Engine:
         model_path,
         max_batch_size=settings.max_batch_size,
         max_resident_adapters=settings.max_resident_adapters,
+        device=settings.device,
     )

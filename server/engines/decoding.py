@@ -48,7 +48,8 @@ def _choose_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
         if temperature < GREEDY_BELOW:
             chosen.append(greedy[index])
             continue
-        probs = torch.softmax(logits[index].float() / temperature, dim=-1)
+        # On the CPU, where the row's seeded generator lives.
+        probs = torch.softmax(logits[index].float().cpu() / temperature, dim=-1)
         if row.params.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(-1) - sorted_probs < row.params.top_p
@@ -99,6 +100,7 @@ class RunningBatch:
         self.select_adapters = select_adapters
         self.stop_ids = _stop_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.device = model.device
         self.rows: list[DecodeRow] = []  # in cache order
         self._cache = DynamicCache()
         self._mask = torch.zeros((0, 0), dtype=torch.long)
@@ -114,6 +116,7 @@ class RunningBatch:
         for index, row in enumerate(rows):  # left padding: every row's next token is at the end
             input_ids[index, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
             mask[index, width - len(row.prompt_ids) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         tokens, moved = self._forward(rows, input_ids, mask, positions, cache)
@@ -134,7 +137,8 @@ class RunningBatch:
     @torch.inference_mode()
     def step(self) -> list[DecodeRow]:
         """One token for every row; returns the rows whose text moved."""
-        self._mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
+        ones = torch.ones((len(self.rows), 1), dtype=torch.long, device=self.device)
+        self._mask = torch.cat([self._mask, ones], 1)
         self._positions = self._positions + 1
         self._next, moved = self._forward(
             self.rows, self._next, self._mask, self._positions, self._cache
@@ -151,7 +155,7 @@ class RunningBatch:
         if not keep:
             self._cache = DynamicCache()
             return gone
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(index)
         self._mask, self._positions, self._next = (
             self._mask[index],
@@ -190,7 +194,7 @@ class RunningBatch:
             row.generated.append(token)
             if _update_text(row, self.tokenizer, self.stop_ids):
                 moved.append(row)
-        return torch.tensor(tokens, dtype=torch.long).unsqueeze(-1), moved
+        return torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(-1), moved
 
 
 def _layers(cache: DynamicCache) -> list[Any]:

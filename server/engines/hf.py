@@ -78,12 +78,14 @@ class HFEngine(Engine):
         max_resident_adapters: int = 8,
         batch_wait_seconds: float = 0.01,
         max_batch_wait_seconds: float = 0.2,
+        device: str = "cpu",
     ) -> None:
         self.model_path = model_path
         self.max_batch_size = max_batch_size
         self.max_resident_adapters = max_resident_adapters
         self.batch_wait_seconds = batch_wait_seconds
         self.max_batch_wait_seconds = max_batch_wait_seconds
+        self.device = device
         self._model: PreTrainedModel | None = None
         self._bank: LoRABank | None = None
         self._tokenizer: Any = None
@@ -123,7 +125,9 @@ class HFEngine(Engine):
 
     async def start(self) -> None:
         started = time.monotonic()
-        model, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path)
+        model, self._tokenizer = await asyncio.to_thread(
+            load_causal_lm, self.model_path, self.device
+        )
         self._model, self._bank = model, LoRABank(model)
         self._batch = self._new_batch()
         self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)

@@ -70,7 +70,7 @@ def read_adapter(path: Path, linears: dict[str, nn.Linear]) -> BankedAdapter:
         linear = linears.get(module)
         if linear is None or key_b not in state:
             raise UnsupportedAdapter(f"no Linear layer {module!r} to adapt")
-        a, b = state[key_a].float(), state[key_b].float()
+        a, b = state[key_a].to(linear.weight), state[key_b].to(linear.weight)
         if a.shape != (rank, linear.in_features) or b.shape != (linear.out_features, rank):
             raise UnsupportedAdapter(f"shapes of {module!r} do not fit the model")
         weights[module] = (a.T.contiguous(), (b * scaling).T.contiguous())
@@ -91,6 +91,7 @@ class LoRABank:
             if isinstance(module, nn.Linear) and not name.endswith("lm_head")
         }
         self._adapters: dict[str, BankedAdapter] = {}
+        self._device = next(model.parameters()).device
         self._rows: tuple[str | None, ...] = ()
         # What the next forward passes add, per module: nothing (absent), one adapter's (A, B)
         # for all rows, or the rows' own (A [rows, in, r], B [rows, r, out]) for a batched matmul.
@@ -154,7 +155,7 @@ class LoRABank:
         rank = max(self._adapters[name].rank for name in rows if name is not None)
         if kept and any(a.shape[-1] != rank for _, a, _ in stacked.values()):
             kept = []
-        index = torch.tensor(kept, dtype=torch.long)
+        index = torch.tensor(kept, dtype=torch.long, device=self._device)
         updates = {}
         for module, linear in self._linears.items():
             if not any(name and module in self._adapters[name].weights for name in rows):
@@ -184,9 +185,10 @@ class LoRABank:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A base row's matrices (or, given `rows`, a stack as large as they index)."""
         batch = () if rows is None else (max(rows) + 1,)
+        weight = linear.weight
         return (
-            torch.zeros(*batch, linear.in_features, rank),
-            torch.zeros(*batch, rank, linear.out_features),
+            weight.new_zeros((*batch, linear.in_features, rank)),
+            weight.new_zeros((*batch, rank, linear.out_features)),
         )
 
     def _hook(self, module: str) -> Any:
