@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for engine in args.engines.split(","):
             data = work / engine
             publish(data, TOPIC, adapters[0])
-            with loramem(data, engine) as (url, _):
+            # Rank-8 adapters: vLLM pads each to this bound, which on CPU costs time per step.
+            with loramem(data, engine, max_lora_rank="8") as (url, _):
                 result = report["engines"][engine] = asyncio.run(swaps(url, data, adapters, args))
             print(
                 f"hot swap {engine}: publish to first token mean {result['mean_s']:.2f} s, "

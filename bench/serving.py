@@ -9,9 +9,9 @@ on the base model, on 1 adapter, and on 4 and 16 distinct rank-8 adapters (rando
 - bare vLLM: `AsyncLLM`, every request at once, max_loras = 16.
 - loramem: `loramem serve` with that engine, each adapter the active version of its own topic,
   requests POST /generate with `topic` and `mode: lora` (base: no topic).
-Prints tokens/s of each, ratio lines (server vs bare, 16 vs 1 adapter, HF vs vLLM server) and the
-server's memory after each workload (adapters resident). Writes bench/results/serving.json and
-serving.png.
+Prints tokens/s of each, ratio lines (server vs bare, 16 vs 1 adapter, HF vs vLLM server), the
+server's resident memory with 0, 1, 4 and 16 adapters loaded (published one by one while it runs)
+and its peak. Writes bench/results/serving.json and serving.png.
 """
 
 from __future__ import annotations
@@ -170,16 +170,30 @@ async def through_server(url: str, pid: int, args: Any) -> dict[str, Any]:
             results[name] = {
                 "tokens_per_s": sum(tokens for _, tokens in answers) / elapsed,
                 **latency_summary([latency for latency, _ in answers]),
-                # The memory of the server with this workload's adapters resident.
                 **memory_gib(pid),
             }
     return results
 
 
+def resident_memory(url: str, pid: int, data: Path, adapters: list[Path]) -> dict[int, float]:
+    """The server's resident memory with 0, 1, 4 and 16 adapters loaded: each published as the
+    version of its own topic, then waited for until the server serves it."""
+    memory = {}
+    published = 0
+    for count in (0, 1, 4, 16):
+        while published < count:
+            publish(data, f"t{published}", adapters[published])
+            published += 1
+        deadline = time.monotonic() + 120
+        while len(httpx.get(f"{url}/admin/engine").json()["active_modules"]) < count:
+            assert time.monotonic() < deadline, f"{count} adapters were not loaded in 120 s"
+            time.sleep(0.2)
+        memory[count] = memory_gib(pid)["rss_gib"]
+    return memory
+
+
 def run(engine: str, model: Path, adapters: list[Path], work: Path, args: Any) -> dict[str, Any]:
     data = work / engine
-    for n, path in enumerate(adapters):
-        publish(data, f"t{n}", path)
     if engine == "hf":
         bare = bare_hf(model, adapters, args)
     else:
@@ -192,15 +206,18 @@ def run(engine: str, model: Path, adapters: list[Path], work: Path, args: Any) -
         "max_batch_size": str(max(16, args.requests)),
     }
     with loramem(data, engine, **settings) as (url, pid):
+        memory = resident_memory(url, pid, data, adapters)
         served = asyncio.run(through_server(url, pid, args))
     for name in WORKLOADS:
         print(
             f"{engine:4} {name:12}: loramem {served[name]['tokens_per_s']:6.1f} tok/s "
-            f"(p50 {served[name]['p50_s']:.2f} s, RSS {served[name]['rss_gib']:.2f} GiB)  "
-            f"bare {bare[name]['tokens_per_s']:6.1f} tok/s",
+            f"(p50 {served[name]['p50_s']:.2f} s, peak RSS {served[name]['peak_rss_gib']:.2f} GiB)"
+            f"  bare {bare[name]['tokens_per_s']:6.1f} tok/s",
             flush=True,
         )
-    return {"bare": bare, "loramem": served}
+    resident = ", ".join(f"{n}: {gib:.2f}" for n, gib in memory.items())
+    print(f"{engine:4} server RSS (GiB) by adapters resident: {resident}", flush=True)
+    return {"bare": bare, "loramem": served, "rss_gib_by_resident_adapters": memory}
 
 
 def plot(report: dict[str, Any]) -> None:
