@@ -26,6 +26,7 @@ from server.dependencies import require_api_key
 from server.engines import Engine, EngineError, create_engine
 from server.errors import install_error_handlers
 from server.metrics import Metrics
+from server.polling import RegistryChanges
 from server.registry.db import Database
 from server.registry.migrate import upgrade
 from server.retrieval import KnowledgeIndex, create_scorer
@@ -64,7 +65,11 @@ async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
     state.generation = GenerationService(state.settings, engine, router, refresher, state.metrics)
     log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
     interval = state.settings.version_poll_seconds
-    await asyncio.gather(router.watch(interval), refresher.watch(interval))
+    changes = state.changes
+    await asyncio.gather(
+        router.watch(interval, changes.subscribe() if changes else None),
+        refresher.watch(interval, changes.subscribe() if changes else None),
+    )
 
 
 def create_app(
@@ -81,12 +86,15 @@ def create_app(
         state = AppState(settings, db, MemoryService(settings, db), requests, metrics_registry)
         app.state.loramem = state
         metrics_registry.watch(lambda: metrics.read_snapshot(state))
-        state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         worker: tuple[threading.Thread, threading.Event] | None = None
         if settings.embedded_worker:
             from trainer_worker.worker import start_embedded
 
-            worker = start_embedded(settings, db, metrics_registry.training_step.observe)
+            state.changes = RegistryChanges(asyncio.get_running_loop())
+            worker = start_embedded(
+                settings, db, metrics_registry.training_step.observe, state.changes.notify
+            )
+        state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         try:
             yield
         finally:

@@ -118,8 +118,8 @@ class AdapterRouter:
                 if current is None or current.version != record.version:
                     await self._activate(record)
 
-    async def watch(self, interval: float) -> None:
-        await poll_forever(self.refresh, interval, "active versions")
+    async def watch(self, interval: float, changed: asyncio.Event | None = None) -> None:
+        await poll_forever(self.refresh, interval, "active versions", changed)
 
     async def _activate(self, record: _VersionRecord) -> ActiveAdapter | None:
         key = (record.topic, record.module)

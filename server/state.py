@@ -9,6 +9,7 @@ from server.activity import RequestLog
 from server.config import Settings
 from server.engines import Engine
 from server.metrics import Metrics
+from server.polling import RegistryChanges
 from server.registry.db import Database
 from server.retrieval.refresh import IndexRefresher
 from server.routing import AdapterRouter
@@ -28,4 +29,6 @@ class AppState:
     index_refresher: IndexRefresher | None = None
     generation: GenerationService | None = None
     startup_error: str | None = None
+    # Set when an embedded worker runs: its publishes wake the pollers at once.
+    changes: RegistryChanges | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 LEASE_SECONDS = 2.0
 # Long enough on the tiny model (about 10 ms a step) to be killed in the middle of it.
-SLOW_JOB = {"steps": 150, "learning_rate": 0.01}
+SLOW_JOB = {"steps": 150, "learning_rate": 0.01, "stop_when_learned": False}
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """Trains one LoRA knowledge module with PEFT: all linear layers, alpha = r, AdamW, cosine.
 
-QA knowledge stops early once it is learned: every example's answer was predicted exactly (argmax
-at every answer token, read off the logits the step computed anyway) at its latest visit. Greedy
-decoding then gives the answer, so further steps would only spend time.
+QA knowledge stops early once it is learned. The logits each step computes anyway show whether
+every answer token was the argmax at the example's latest visit; once that holds for all examples,
+one pass without dropout, on the weights as they now are, confirms it (that pass is greedy
+decoding's recall, teacher-forced). If it does not hold, training goes on and the evidence starts
+afresh. Further steps would only spend time.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def lora_config(options: TrainingOptions) -> LoraConfig:
     )
 
 
-def _collate(batch: Sequence[TrainingExample], pad_id: int) -> dict[str, torch.Tensor]:
+def _collate(
+    batch: Sequence[TrainingExample], pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Pads to the longest example of this batch only (a fixed length measured twice as slow)."""
     width = max(len(example.input_ids) for example in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -47,7 +51,8 @@ def _collate(batch: Sequence[TrainingExample], pad_id: int) -> dict[str, torch.T
         input_ids[row, :size] = torch.tensor(example.input_ids)
         labels[row, :size] = torch.tensor(example.labels)
         attention_mask[row, :size] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    tensors = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
 def _batches(
@@ -59,6 +64,22 @@ def _batches(
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
+
+
+def _learned(
+    peft_model: Any, examples: Sequence[TrainingExample], batch_size: int, pad_id: int
+) -> bool:
+    """Every answer exact, without dropout, on the current weights."""
+    peft_model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(examples), batch_size):
+                batch = _collate(examples[start : start + batch_size], pad_id, peft_model.device)
+                if not all(_exact_rows(peft_model(**batch).logits, batch["labels"])):
+                    return False
+        return True
+    finally:
+        peft_model.train()
 
 
 def _exact_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[bool]:
@@ -97,10 +118,7 @@ def train_lora(
     started = time.monotonic()
     for step in range(1, total_steps + 1):
         indices = next(batches)
-        batch = {
-            name: tensor.to(peft_model.device)
-            for name, tensor in _collate([examples[i] for i in indices], pad_id).items()
-        }
+        batch = _collate([examples[i] for i in indices], pad_id, peft_model.device)
         output = peft_model(**batch)
         loss = output.loss
         if stop_when_learned:
@@ -116,15 +134,18 @@ def train_lora(
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step, total_steps, loss.item())
-        if all(exact):
-            break
+        if stop_when_learned and all(exact):
+            if _learned(peft_model, examples, batch_size, pad_id):
+                break
+            exact = [False] * len(examples)
+    learned = stop_when_learned and all(exact)
     log.info(
         "trained %d of %d steps on %d examples in %.1fs%s",
         step,
         total_steps,
         len(examples),
         time.monotonic() - started,
-        " (every answer exact: stopped early)" if all(exact) else "",
+        " (every answer exact: stopped early)" if learned and step < total_steps else "",
     )
     peft_model.eval()
     return peft_model

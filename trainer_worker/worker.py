@@ -72,10 +72,13 @@ class TrainerWorker:
         db: Database,
         worker_id: str | None = None,
         observe_step: Callable[[float], None] | None = None,
+        on_published: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.observe_step = observe_step
+        # Called after each publish (the embedded worker wakes its server's pollers).
+        self.on_published = on_published
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._base_model_path: Path | None = None
         self._stop = threading.Event()
@@ -259,6 +262,8 @@ class TrainerWorker:
             for module in trained:
                 remove_adapter_files(self.settings.resolved_adapter_dir, module.path)
             raise
+        if self.on_published is not None:
+            self.on_published()
 
     def _module_loads(self, topic_id: str) -> dict[int, ModuleLoad]:
         with self.db.session() as session:
@@ -385,11 +390,14 @@ def _return_freed_memory() -> None:
 
 
 def start_embedded(
-    settings: Settings, db: Database, observe_step: Callable[[float], None] | None = None
+    settings: Settings,
+    db: Database,
+    observe_step: Callable[[float], None] | None = None,
+    on_published: Callable[[], None] | None = None,
 ) -> tuple[threading.Thread, threading.Event]:
     """The worker of the embedded default: a thread of the server process."""
     stop = threading.Event()
-    worker = TrainerWorker(settings, db, observe_step=observe_step)
+    worker = TrainerWorker(settings, db, observe_step=observe_step, on_published=on_published)
     thread = threading.Thread(target=worker.run, args=(stop,), name="trainer", daemon=True)
     thread.start()
     return thread, stop

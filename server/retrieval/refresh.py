@@ -82,5 +82,5 @@ class IndexRefresher:
         )
         return True
 
-    async def watch(self, interval: float) -> None:
-        await poll_forever(lambda: asyncio.to_thread(self.refresh), interval, "documents")
+    async def watch(self, interval: float, changed: asyncio.Event | None = None) -> None:
+        await poll_forever(lambda: asyncio.to_thread(self.refresh), interval, "documents", changed)

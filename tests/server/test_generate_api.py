@@ -227,3 +227,17 @@ async def test_a_client_that_goes_away_stops_using_the_engine(settings: Settings
                 break
             await asyncio.sleep(0.05)
         assert stats["aborted"] == 1 and stats["requests"] == 1
+
+
+async def test_a_version_the_embedded_worker_publishes_is_served_before_the_next_poll(
+    settings: Settings,
+) -> None:
+    # Polled once a minute: only the worker's own signal can make the server notice in time.
+    async with running_app(settings.model_copy(update={"version_poll_seconds": 60.0})) as client:
+        job = await _memorize(client, "acme", QA)
+        assert job["status"] == "succeeded"
+        published = time.monotonic()
+        await wait_active(client, "acme", 1)
+        assert time.monotonic() - published < 10
+        answer = await client.post("/generate", json={"prompt": QA[0]["question"], "topic": "acme"})
+        assert answer.json()["text"].startswith("Quiggle")
