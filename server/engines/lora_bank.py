@@ -100,9 +100,8 @@ class LoRABank:
         self._stacked: tuple[
             tuple[str | None, ...], dict[str, tuple[bool, torch.Tensor, torch.Tensor]]
         ] = ((), {})
-        self._hooks = [
-            module.register_forward_hook(self._hook(name)) for name, module in self._linears.items()
-        ]
+        for name, module in self._linears.items():
+            module.register_forward_hook(self._hook(name))
 
     def __contains__(self, name: str) -> bool:
         return name in self._adapters
@@ -118,10 +117,6 @@ class LoRABank:
         self._adapters.pop(name, None)
         if name in self._rows or name in self._stacked[0]:  # the next batch gathers afresh
             self._rows, self._updates, self._stacked = (), {}, ((), {})
-
-    def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
 
     def select(self, row_adapters: list[str | None]) -> None:
         """Sets the adapter of each row for the forward passes that follow (None: the base)."""
