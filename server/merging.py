@@ -3,7 +3,9 @@ top-1 in most closed-book settings, where plain concatenation and DARE collapse)
 
 Each module's update ΔW = B·A·(alpha/r) is trimmed to its largest entries, a sign is elected per
 entry, the entries that agree are averaged (PEFT's `ties`), and the result is factored back into
-a LoRA of the largest rank among the modules (SVD), so every engine loads it like any adapter.
+a LoRA (SVD) whose rank is the modules' ranks added up, at most the engine's largest: the sum of
+k rank-r updates needs k·r, and cutting it to r (PEFT's default for its SVD merges) dropped most
+of what all but the strongest module learned. Every engine loads it like any adapter.
 Merged adapters are written once under the topic's folder of the store (forgetting the topic
 removes them) and kept loaded for the next request that routes to the same modules.
 """
@@ -33,11 +35,11 @@ log = logging.getLogger("loramem.merging")
 MERGED_ID_BASE = 1 << 40
 
 
-def ties_merge(folders: list[Path], out: Path, density: float) -> int:
+def ties_merge(folders: list[Path], out: Path, density: float, max_rank: int) -> int:
     """Writes the TIES merge of the adapters in `folders` to `out`; returns its rank."""
     configs = [json.loads((f / CONFIG_FILE).read_text()) for f in folders]
     states = [load_file(f / WEIGHTS_FILE) for f in folders]
-    rank = max(int(c["r"]) for c in configs)
+    rank = min(sum(int(c["r"]) for c in configs), max_rank)
     weights = torch.ones(len(folders))
     merged: dict[str, torch.Tensor] = {}
     for key_a in (k for k in states[0] if ".lora_A." in k):
@@ -64,17 +66,20 @@ def ties_merge(folders: list[Path], out: Path, density: float) -> int:
 class MergedAdapters:
     """Merged adapters of this server: built on first use, then kept (at most `keep` loaded)."""
 
-    def __init__(self, adapter_dir: Path, engine: Engine, density: float, keep: int = 4) -> None:
+    def __init__(
+        self, adapter_dir: Path, engine: Engine, density: float, max_rank: int, keep: int = 4
+    ) -> None:
         self.adapter_dir = adapter_dir
         self.engine = engine
         self.density = density
+        self.max_rank = max_rank
         self.keep = keep
         self._loaded: OrderedDict[str, LoRAAdapter] = OrderedDict()
         self._lock = asyncio.Lock()
 
     async def get(self, topic_id: str, parts: list[LoRAAdapter]) -> LoRAAdapter:
         ids = sorted(p.lora_id for p in parts)
-        key = hashlib.sha256(f"{ids}:{self.density}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{ids}:{self.density}:{self.max_rank}".encode()).hexdigest()[:16]
         async with self._lock:
             adapter = self._loaded.get(key)
             if adapter is not None:
@@ -84,7 +89,7 @@ class MergedAdapters:
             if not (out / WEIGHTS_FILE).is_file():
                 out.parent.mkdir(parents=True, exist_ok=True)
                 folders = [p.path for p in sorted(parts, key=lambda p: p.lora_id)]
-                await asyncio.to_thread(ties_merge, folders, out, self.density)
+                await asyncio.to_thread(ties_merge, folders, out, self.density, self.max_rank)
                 log.info("merged %s into %s (TIES, density %.2f)", ids, key, self.density)
             config = json.loads((out / CONFIG_FILE).read_text())
             adapter = LoRAAdapter(

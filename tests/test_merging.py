@@ -29,22 +29,23 @@ def test_one_module_merged_alone_is_itself(
 ) -> None:
     stored = make_adapter(seed=101, rank=4)
     folder = make_adapter.store / stored.relative_path  # type: ignore[attr-defined]
-    assert ties_merge([folder], tmp_path / "merged", density=1.0) == 4
+    assert ties_merge([folder], tmp_path / "merged", density=1.0, max_rank=64) == 4
     merged, original = _deltas(tmp_path / "merged"), _deltas(folder)
     assert merged.keys() == original.keys()
     for key, delta in original.items():
         torch.testing.assert_close(merged[key], delta, atol=1e-4, rtol=1e-3)
 
 
-def test_modules_that_agree_keep_their_shared_update_and_rank_is_the_largest(
+def test_modules_that_agree_keep_their_shared_update_with_their_ranks_added_up(
     make_adapter: Callable[..., StoredAdapter], tmp_path: Path
 ) -> None:
     store: Path = make_adapter.store  # type: ignore[attr-defined]
     small, large = make_adapter(seed=102, rank=2), make_adapter(seed=103, rank=8)
     folders = [store / small.relative_path, store / large.relative_path]
-    assert ties_merge(folders, tmp_path / "merged", density=0.5) == 8
+    assert ties_merge(folders, tmp_path / "merged", density=0.5, max_rank=64) == 10
     config = json.loads((tmp_path / "merged" / "adapter_config.json").read_text())
-    assert config["r"] == config["lora_alpha"] == 8
+    assert config["r"] == config["lora_alpha"] == 10
+    assert ties_merge(folders, tmp_path / "capped", density=0.5, max_rank=8) == 8
     merged, parts = _deltas(tmp_path / "merged"), [_deltas(f) for f in folders]
     key = next(iter(merged))
     # TIES keeps, per entry, only values whose sign matches the elected one: the merged update

@@ -70,7 +70,9 @@ class GenerationService:
         self.refresher = refresher
         self.index = refresher.index
         self.metrics = metrics
-        self.merged = MergedAdapters(settings.resolved_adapter_dir, engine, settings.merge_density)
+        self.merged = MergedAdapters(
+            settings.resolved_adapter_dir, engine, settings.merge_density, settings.max_lora_rank
+        )
         # Generations admitted and not finished: bounded, so that overload is refused, not queued.
         self.pending = 0
 
