@@ -89,6 +89,17 @@ def _exact_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[bool]:
     return (~wrong.any(-1)).tolist()
 
 
+def stops_when_learned(options: TrainingOptions, examples: Sequence[TrainingExample]) -> bool:
+    # Only answers can be checked exactly; a text's language modelling never is.
+    return options.stop_when_learned and all(
+        example.labels[0] == IGNORE_INDEX for example in examples
+    )
+
+
+def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -> int:
+    return options.total_steps(len(examples), stops_when_learned(options, examples))
+
+
 def train_lora(
     model: Any,
     pad_id: int,
@@ -103,17 +114,14 @@ def train_lora(
     peft_model = get_peft_model(model, lora_config(options))
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    total_steps = options.total_steps(len(examples))
+    stop_when_learned = stops_when_learned(options, examples)
+    total_steps = step_budget(options, examples)
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(
         optimizer, round(options.warmup_ratio * total_steps), total_steps
     )
     batch_size = min(options.batch_size, len(examples))
     batches = _batches(len(examples), batch_size, options.seed)
-    # Only answers can be checked exactly; a text's language modelling never is.
-    stop_when_learned = options.stop_when_learned and all(
-        example.labels[0] == IGNORE_INDEX for example in examples
-    )
     exact = [False] * len(examples)
     started = time.monotonic()
     for step in range(1, total_steps + 1):

@@ -38,7 +38,7 @@ from trainer_worker.augmentation import (
     ServedModelGenerator,
     generate_with_fallback,
 )
-from trainer_worker.lora_trainer import train_lora
+from trainer_worker.lora_trainer import step_budget, train_lora
 from trainer_worker.modules import ModuleLoad, StoredDocument, assign_modules, module_capacity
 from trainer_worker.options import TrainingOptions
 from trainer_worker.recall import measure_recall
@@ -163,7 +163,7 @@ class TrainerWorker:
             sets[number] = build_training_set(tokenizer, knowledge, options.augment)
             if not sets[number].examples:
                 raise PermanentJobError("the topic holds no knowledge to train on")
-        grand_total = sum(options.total_steps(len(data.examples)) for data in sets.values())
+        grand_total = sum(step_budget(options, data.examples) for data in sets.values())
         log.info(
             "job %s training topic=%s modules=%s examples=%d tokens=%d rank=%d steps=%d",
             job.id,
@@ -212,7 +212,7 @@ class TrainerWorker:
                 peft_model = train_lora(
                     model, tokenizer.pad_token_id, data.examples, options, on_step
                 )
-                done += options.total_steps(len(data.examples))
+                done += step_budget(options, data.examples)
                 recall = measure_recall(peft_model, tokenizer, data.probes)
                 details["probes"] += len(data.probes)
                 stored = save_adapter(

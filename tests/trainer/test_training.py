@@ -58,6 +58,10 @@ def test_options_plan_enough_steps() -> None:
     assert TrainingOptions(batch_size=8).total_steps(48) == 120
     assert TrainingOptions(epochs=2, batch_size=4).total_steps(10) == 6
     assert TrainingOptions(steps=7).total_steps(1000) == 7
+    # A budget that early stopping can end is larger.
+    assert TrainingOptions().total_steps(4, stops_when_learned=True) == 120
+    assert TrainingOptions(batch_size=8).total_steps(48, stops_when_learned=True) == 240
+    assert TrainingOptions(steps=7).total_steps(48, stops_when_learned=True) == 7
 
 
 def test_training_makes_the_tiny_model_recall_a_fact(tiny_model_dir: Path) -> None:
