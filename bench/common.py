@@ -160,14 +160,12 @@ class _Files:
 def publish(data_dir: Path, topic: str, adapter: Path, rank: int = 8) -> int:
     """Publishes `adapter` as the new active version of `topic`, as a trainer worker would: a
     job claimed, the files staged into the store, the version recorded in one fenced commit."""
-    from sqlalchemy import select
-
     from server.adapter_store import save_adapter
     from server.config import Settings
     from server.registry import queue
     from server.registry.db import Database
     from server.registry.migrate import upgrade
-    from server.registry.models import Topic
+    from tests.helpers import enqueue_job, trained_module
 
     settings = Settings(data_dir=data_dir)
     url = settings.resolved_database_url
@@ -175,31 +173,13 @@ def publish(data_dir: Path, topic: str, adapter: Path, rank: int = 8) -> int:
     upgrade(url)
     db = Database(url)
     try:
-        with db.session() as session:
-            row = session.scalars(select(Topic).where(Topic.name == topic)).one_or_none()
-            if row is None:
-                row = Topic(name=topic)
-                session.add(row)
-                session.flush()
-            queue.enqueue(session, row, {"rank": rank}, max_attempts=1)
+        enqueue_job(db, topic, {"rank": rank})
         job = queue.claim(db, "bench", lease_seconds=60)
         assert job is not None
         stored = save_adapter(
             _Files(adapter), settings.resolved_adapter_dir, job.topic_id, f"{job.id}-1-m0"
         )
-        trained = queue.TrainedModule(
-            module=0,
-            path=stored.relative_path,
-            sha256=stored.sha256,
-            rank=rank,
-            size_bytes=stored.size_bytes,
-            recall=1.0,
-            activate=True,
-            recall_trained=None,
-            tokens=0,
-            items=0,
-            capacity_tokens=0,
-        )
+        trained = trained_module(stored.relative_path, stored.sha256, rank, stored.size_bytes)
         [published] = queue.publish_versions(db, job.id, "bench", [trained])
         return published.version
     finally:

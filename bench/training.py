@@ -32,15 +32,12 @@ RANK = 8
 
 
 def recall(model: Any, tokenizer: Any, qa: list[dict[str, str]]) -> float:
-    from server.engines import SamplingParams
-    from server.engines.decoding import DecodeRow, decode_batch
     from server.prompting import question_ids
+    from trainer_worker.recall import measure_recall
+    from trainer_worker.training_data import RecallProbe
 
-    rows = [
-        DecodeRow(question_ids(tokenizer, p["question"]), SamplingParams(max_tokens=24)) for p in qa
-    ]
-    decode_batch(model, tokenizer, rows)
-    return sum(digits_match(p["answer"], r.text) for p, r in zip(qa, rows, strict=True)) / len(qa)
+    probes = [RecallProbe(question_ids(tokenizer, p["question"]), p["answer"]) for p in qa]
+    return measure_recall(model, tokenizer, probes, batch_size=len(qa), matches=digits_match)
 
 
 def bare_loop(

@@ -1,4 +1,4 @@
-"""Helpers for tests that drive the app over HTTP."""
+"""Helpers for tests (and benchmarks) that drive the app over HTTP or fill its registry."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from asgi_lifespan import LifespanManager
 
 from server import Settings, create_app
 from server.engines import Engine, GenerationOutput, LoRAAdapter, SamplingParams
+from server.registry import queue
+from server.registry.db import Database
+from server.registry.models import Document, Topic
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LORAMEM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -140,3 +143,41 @@ async def wait_active(client: httpx.AsyncClient, topic: str, version: int) -> No
     with anyio.fail_after(10):
         while (await client.get("/admin/engine")).json()["active_versions"].get(topic) != version:
             await anyio.sleep(0.05)
+
+
+def enqueue_job(
+    db: Database,
+    topic_name: str,
+    options: dict[str, Any],
+    *,
+    answer: str | None = None,
+    max_attempts: int = 1,
+) -> str:
+    """Queues a job on `topic_name` (created if new) straight into the registry; with `answer`,
+    the topic first gets a QA document ("Who?", answer) to learn."""
+    with db.session() as session:
+        topic = session.scalars(sa.select(Topic).where(Topic.name == topic_name)).one_or_none()
+        if topic is None:
+            topic = Topic(name=topic_name)
+            session.add(topic)
+            session.flush()
+        if answer is not None:
+            session.add(Document(topic_id=topic.id, kind="qa", question="Who?", answer=answer))
+        return queue.enqueue(session, topic, options, max_attempts=max_attempts).id
+
+
+def trained_module(path: str, sha256: str, rank: int, size_bytes: int) -> queue.TrainedModule:
+    """Module 0 of a job, trained with full recall and to be activated."""
+    return queue.TrainedModule(
+        module=0,
+        path=path,
+        sha256=sha256,
+        rank=rank,
+        size_bytes=size_bytes,
+        recall=1.0,
+        activate=True,
+        recall_trained=None,
+        tokens=10,
+        items=1,
+        capacity_tokens=100,
+    )

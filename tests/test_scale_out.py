@@ -15,17 +15,17 @@ import pytest
 from sqlalchemy import select
 
 from server.adapter_store import verify
-from server.registry import queue
 from server.registry.db import Database
 from server.registry.migrate import upgrade
-from server.registry.models import AdapterVersion, Document, Job, JobEvent, Topic
-from tests.helpers import free_port, process_env, spawn, wait_http_ready
+from server.registry.models import AdapterVersion, Job, JobEvent
+from tests.helpers import enqueue_job, free_port, process_env, spawn, wait_http_ready
 
 pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 LEASE_SECONDS = 2.0
-# Long enough on the tiny model (about 10 ms a step) to be killed in the middle of it.
+# A job that trains its whole budget (a QA job stops once learned, after about 11 steps here):
+# long enough on the tiny model (about 10 ms a step) to be killed in the middle of it.
 SLOW_JOB = {"steps": 150, "learning_rate": 0.01, "stop_when_learned": False}
 
 
@@ -90,13 +90,8 @@ def test_a_killed_worker_job_is_reclaimed_and_published_once(
 ) -> None:
     upgrade(database_url)
     db = Database(database_url)
-    with db.session() as session:
-        for name in ("alpha", "beta", "gamma"):
-            topic = Topic(name=name)
-            session.add(topic)
-            session.flush()
-            session.add(Document(topic_id=topic.id, kind="qa", question="Who?", answer=name))
-            queue.enqueue(session, topic, SLOW_JOB, max_attempts=3)
+    for name in ("alpha", "beta", "gamma"):
+        enqueue_job(db, name, SLOW_JOB, answer=name, max_attempts=3)
     store = tmp_path / "adapters"
     env = _env(database_url, tiny_model_dir, store)
     doomed = spawn(["trainer_worker"], env, tmp_path / "doomed.log")
@@ -227,12 +222,7 @@ def test_sigterm_makes_a_worker_hand_its_job_back_and_exit(
     database_url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(database_url)
     db = Database(database_url)
-    with db.session() as session:
-        topic = Topic(name="alpha")
-        session.add(topic)
-        session.flush()
-        session.add(Document(topic_id=topic.id, kind="qa", question="Who?", answer="alpha"))
-        job_id = queue.enqueue(session, topic, {"steps": 100_000}, max_attempts=1).id
+    job_id = enqueue_job(db, "alpha", {"steps": 100_000}, answer="alpha")
     env = _env(database_url, tiny_model_dir, tmp_path / "adapters")
     worker = spawn(["trainer_worker"], env, tmp_path / "worker.log")
     processes.append(worker)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from server.engines.base import SamplingParams
@@ -11,8 +11,13 @@ from trainer_worker.training_data import RecallProbe, recalled
 
 
 def measure_recall(
-    model: Any, tokenizer: Any, probes: Sequence[RecallProbe], batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    probes: Sequence[RecallProbe],
+    batch_size: int = 16,
+    matches: Callable[[str, str], bool] = recalled,
 ) -> float:
+    """The share of `probes` whose greedy answer `matches(expected, generated)`."""
     if not probes:
         return 0.0
     hits = 0
@@ -27,6 +32,6 @@ def measure_recall(
         ]
         decode_batch(model, tokenizer, rows)
         hits += sum(
-            recalled(probe.expected, row.text) for probe, row in zip(chunk, rows, strict=True)
+            matches(probe.expected, row.text) for probe, row in zip(chunk, rows, strict=True)
         )
     return hits / len(probes)

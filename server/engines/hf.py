@@ -94,7 +94,8 @@ class HFEngine(Engine):
         # any request that still named it (planned before the swap) loaded it back.
         self._retired: set[str] = set()
         self._pending: deque[_Request] = deque()
-        self._serving: list[_Request] = []
+        # Requests not yet finished, by id, for abort(); only the event loop touches it.
+        self._live: dict[str, _Request] = {}
         # The requests of the running batch, by id() of their row.
         self._rows: dict[int, _Request] = {}
         self._batch: RunningBatch
@@ -167,10 +168,9 @@ class HFEngine(Engine):
         await self._call(retire)
 
     async def abort(self, request_id: str) -> None:
-        with self._wakeup:
-            for request in [*self._pending, *self._serving]:
-                if request.id == request_id:
-                    request.aborted = True
+        request = self._live.get(request_id)
+        if request is not None:
+            request.aborted = True  # the engine thread drops it before its next step
 
     async def generate(
         self,
@@ -187,6 +187,7 @@ class HFEngine(Engine):
                 raise EngineError("engine is not running")
             self._pending.append(request)
             self._wakeup.notify()
+        self._live[request_id] = request
         finished = False
         try:
             while not finished:
@@ -196,6 +197,8 @@ class HFEngine(Engine):
                 finished = item.finished
                 yield item
         finally:
+            if self._live.get(request_id) is request:
+                del self._live[request_id]
             if not finished:  # the caller went away: free the batch slot
                 request.aborted = True
 
@@ -230,12 +233,12 @@ class HFEngine(Engine):
                     future.set_exception(error)
             with self._wakeup:
                 joining = self._take_joining()
-                self._serving = [*self._rows.values(), *joining]
             if joining:
                 self._join(joining)
             if self._rows:
                 self._step()
-            self._unload_retired()
+            if not self._retired.isdisjoint(self._resident):
+                self._unload_retired()
         with self._wakeup:
             for request in [*self._pending, *self._rows.values()]:
                 request.emit(EngineError("engine shut down"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from transformers import GenerationConfig
 
 from server.adapter_store import StoredAdapter
 from server.engines import AdapterLoadError, GenerationOutput, LoRAAdapter, SamplingParams
@@ -88,10 +90,29 @@ async def _last(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
     return [output async for output in outputs][-1]
 
 
-async def test_ignore_eos_generates_exactly_max_tokens(engine: HFEngine) -> None:
-    params = SamplingParams(max_tokens=40, ignore_eos=True)
-    outputs = [o async for o in engine.generate("fixed", PROMPT, params)]
-    assert len(outputs[-1].token_ids) == 40 and outputs[-1].finish_reason == "length"
+async def test_ignore_eos_decodes_past_end_of_text_to_max_tokens(
+    engine: HFEngine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Random weights rarely end a text, so the model is given an end-of-text token it does
+    # emit: the sixth token of its greedy answer (which ends the output, unlisted).
+    fixed = SamplingParams(max_tokens=40, ignore_eos=True)
+    tokens = (await _last(engine.generate("free", PROMPT, fixed))).token_ids
+    end = tokens[5]
+    assert end not in tokens[:5]
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = GenerationConfig.from_pretrained(model)
+    config.eos_token_id = [end]
+    config.save_pretrained(model)
+    ending = HFEngine(model, max_batch_size=4)
+    await ending.start()
+    try:
+        plain = await _last(ending.generate("plain", PROMPT, SamplingParams(max_tokens=40)))
+        assert plain.finish_reason == "stop" and plain.token_ids == tokens[:5]
+        past = await _last(ending.generate("past", PROMPT, fixed))
+        assert past.finish_reason == "length" and past.token_ids == tokens
+    finally:
+        await ending.shutdown()
 
 
 async def test_streaming_outputs_are_cumulative(engine: HFEngine) -> None:

@@ -13,6 +13,7 @@ from server.registry import queue
 from server.registry.db import Database
 from server.registry.migrate import upgrade
 from server.registry.models import AdapterVersion, Job, JobEvent, Topic, utcnow
+from tests.helpers import enqueue_job, trained_module
 
 
 @pytest.fixture
@@ -24,13 +25,7 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def _enqueue(db: Database, topic_name: str = "acme", max_attempts: int = 3) -> str:
-    with db.session() as session:
-        topic = session.scalars(select(Topic).where(Topic.name == topic_name)).one_or_none()
-        if topic is None:
-            topic = Topic(name=topic_name)
-            session.add(topic)
-            session.flush()
-        return queue.enqueue(session, topic, {"rank": 4}, max_attempts=max_attempts).id
+    return enqueue_job(db, topic_name, {"rank": 4}, max_attempts=max_attempts)
 
 
 def _job(db: Database, job_id: str) -> Job:
@@ -50,20 +45,8 @@ def _expire_lease(db: Database, job_id: str) -> None:
 
 
 def _publish(db: Database, job_id: str, worker: str) -> queue.PublishedVersion:
-    trained = queue.TrainedModule(
-        module=0,
-        path=f"t/{job_id}",
-        sha256="0" * 64,
-        rank=4,
-        size_bytes=1,
-        recall=1.0,
-        activate=True,
-        recall_trained=None,
-        tokens=10,
-        items=1,
-        capacity_tokens=100,
-    )
-    [published] = queue.publish_versions(db, job_id, worker, [trained])
+    module = trained_module(f"t/{job_id}", "0" * 64, rank=4, size_bytes=1)
+    [published] = queue.publish_versions(db, job_id, worker, [module])
     return published
 
 

@@ -12,20 +12,15 @@ from server import Settings
 from server.registry import queue
 from server.registry.db import Database
 from server.registry.migrate import upgrade
-from server.registry.models import Document, Job, Topic
+from server.registry.models import Job, Topic
+from tests.helpers import enqueue_job
 from trainer_worker.worker import TrainerWorker
 
 
 def _setup(settings: Settings, steps: int) -> tuple[Database, str]:
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
-    with db.session() as session:
-        topic = Topic(name="acme")
-        session.add(topic)
-        session.flush()
-        session.add(Document(topic_id=topic.id, kind="qa", question="Who?", answer="Quiggle"))
-        job_id = queue.enqueue(session, topic, {"steps": steps}, max_attempts=1).id
-    return db, job_id
+    return db, enqueue_job(db, "acme", {"steps": steps}, answer="Quiggle")
 
 
 def test_worker_trains_and_publishes_one_version(settings: Settings) -> None:
