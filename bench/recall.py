@@ -1,17 +1,24 @@
 """What the memory recalls, through the HTTP API of a real `loramem serve` on the default model:
 the paper's experiments at this project's scale.
 
-    .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact]
+    .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact,modules]
                                      [--loads 1K,2K,4K,8K] [--ranks 4,8,16,32]
+                                     [--sectors 4] [--entries 24] [--module-rank 4]
 
-- phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, trained with the
-  default recipe; recall = greedy exact match on the answer's digits, and the time to train.
+- phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, each in one module
+  (the server's capacity split is lifted), trained with the default recipe; recall = greedy exact
+  match on the answer's digits, and the time to train.
 - modes: made-up facts given as plain text, asked in other words than the text uses, answered by
   the base model, rag, lora and hybrid, with augmentation ("mix") and without ("none").
 - routing: the same questions with `topic: "auto"` among the topics memorized: how often the
   router picks the topic that holds the fact (and how often it stays away from unrelated ones).
 - counterfact: counterfactual statements memorized as text; share of completions that give the
   new object rather than what the base model believes.
+- modules: the paper's multi-module setting on the first entries of a few 128K sectors, in a
+  server whose module capacity is one sector at the small rank: each sector its own topic asked
+  with oracle routing and with `topic: "auto"`; all sectors in one topic that the server splits
+  into modules, answered by the top-1 module or the TIES merge of the top 3; and one module of
+  the same parameter budget (rank x sectors) holding everything.
 
 Writes bench/results/recall.json and recall_*.png. The full grid takes hours on 2 CPU cores;
 `--loads 1K --ranks 8` takes a few minutes.
@@ -25,6 +32,8 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +103,24 @@ class Server:
         time.sleep(2)  # the server loads the new version within one registry poll
         return job
 
-    def ask(self, prompt: str, topic: str | None, mode: str = "auto", tokens: int = 24) -> dict:
-        body: dict[str, Any] = {"prompt": prompt, "mode": mode, "max_tokens": tokens}
+    def ask(
+        self, prompt: str, topic: str | None, mode: str = "auto", tokens: int = 24, **extra: Any
+    ) -> dict:
+        body: dict[str, Any] = {"prompt": prompt, "mode": mode, "max_tokens": tokens, **extra}
         if topic is not None:
             body["topic"] = topic
         response = self.http.post("/generate", json=body)
         response.raise_for_status()
         return response.json()
+
+
+@contextmanager
+def loramem_server(**settings: str) -> Iterator[Server]:
+    """A served loramem on the default model with a fresh registry, and `settings`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = process_env(data_dir=tmp, model_dir=str(MODEL_DIR), engine="hf", **settings)
+        with served(env, Path(tmp) / "server.log") as (url, _):
+            yield Server(url)
 
 
 def phonebook(server: Server, loads: list[str], ranks: list[int]) -> list[dict[str, Any]]:
@@ -120,12 +140,13 @@ def phonebook(server: Server, loads: list[str], ranks: list[int]) -> list[dict[s
                 "rank": rank,
                 "recall": hits / len(qa),
                 "train_seconds": job["seconds"],
-                "steps": job["total_steps"],
+                "steps": job["step"],  # fewer than the budget once early stopping fired
+                "step_budget": job["total_steps"],
             }
             rows.append(row)
             print(
                 f"phonebook {load:>3} ({len(qa)} entries) rank {rank:2}: recall {row['recall']:.1%}"
-                f" in {row['train_seconds']:.0f} s ({row['steps']} steps)"
+                f" in {row['train_seconds']:.0f} s ({row['steps']} of {row['step_budget']} steps)"
             )
     return rows
 
@@ -203,6 +224,71 @@ def counterfact(server: Server, statements: int) -> dict[str, Any]:
     return result
 
 
+def multi_module(server: Server, sectors: list[list[dict[str, str]]], rank: int) -> dict[str, Any]:
+    everything = [pair for sector in sectors for pair in sector]
+    owner = {pair["question"]: f"sector-{i}" for i, sector in enumerate(sectors) for pair in sector}
+    result: dict[str, Any] = {
+        "sectors": len(sectors),
+        "entries": len(everything),
+        "rank": rank,
+        "train_seconds": {},
+        "steps": {},
+    }
+
+    def train(topic: str, qa: list[dict[str, str]], topic_rank: int) -> None:
+        job = server.memorize(topic, qa=qa, options={"rank": topic_rank})
+        result["train_seconds"][topic] = job["seconds"]
+        result["steps"][topic] = [job["step"], job["total_steps"]]
+
+    def recall(name: str, topic_of: Callable[[str], str], **request: Any) -> None:
+        """Asks every question; the share recalled, and for `topic: "auto"` the share routed to
+        the sector that holds the answer."""
+        hits, routed_right = 0, 0
+        for pair in everything:
+            question = pair["question"]
+            answer = server.ask(question, topic_of(question), "lora", tokens=16, **request)
+            hits += digits_match(pair["answer"], answer["text"])
+            routed_right += answer["topic"] == owner[question]
+        result[name] = hits / len(everything)
+        print(f"multi-module, {name:28}: recall {result[name]:.1%}")
+        if topic_of(question) == "auto":
+            result["routing_accuracy"] = routed_right / len(everything)
+            print(f"multi-module: routing picked the right sector for {routed_right} questions")
+
+    for i, sector in enumerate(sectors):
+        train(f"sector-{i}", sector, rank)
+    recall("oracle", owner.__getitem__)
+    recall("router (topic auto)", lambda question: "auto")
+    train("sectors", everything, rank)
+    result["modules_of_split_topic"] = len(
+        server.http.get("/admin/topics/sectors").json()["knowledge_modules"]
+    )
+    recall("split topic, top-1", lambda question: "sectors", top_k=1)
+    recall("split topic, top-3 TIES", lambda question: "sectors", top_k=3)
+    train("one-module", everything, rank * len(sectors))
+    recall(f"one module r{rank * len(sectors)}", lambda question: "one-module")
+    return result
+
+
+def module_tokens_per_rank(sectors: list[list[dict[str, str]]], rank: int) -> int:
+    """The capacity setting under which one module of `rank` holds exactly the largest sector."""
+    from transformers import AutoTokenizer
+
+    from bench.common import model_path
+    from trainer_worker.modules import knowledge_tokens
+    from trainer_worker.training_data import Knowledge
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    largest = max(
+        sum(
+            knowledge_tokens(tokenizer, Knowledge(question=pair["question"], answer=pair["answer"]))
+            for pair in sector
+        )
+        for sector in sectors
+    )
+    return -(-largest // rank)
+
+
 def plot(results: dict[str, Any]) -> None:
     import matplotlib
 
@@ -229,30 +315,54 @@ def plot(results: dict[str, Any]) -> None:
         ax.tick_params(axis="x", rotation=45)
         fig.tight_layout()
         fig.savefig(RESULTS / "recall_modes.png", dpi=120)
+    if results.get("modules"):
+        modules = results["modules"]
+        keys = [k for k, v in modules.items() if isinstance(v, float) and k != "routing_accuracy"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar(keys, [modules[k] for k in keys])
+        ax.set(
+            ylabel="recall (digits exact)",
+            ylim=(0, 1.05),
+            title=f"{modules['entries']} PhoneBook entries, {modules['sectors']} sectors",
+        )
+        ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "recall_modules.png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="phonebook,modes,routing,counterfact")
+    parser.add_argument("--only", default="phonebook,modes,routing,counterfact,modules")
     parser.add_argument("--loads", default="1K,2K,4K,8K")
     parser.add_argument("--ranks", default="4,8,16,32")
     parser.add_argument("--counterfact-statements", type=int, default=40)
+    parser.add_argument("--sectors", type=int, default=4, help="128K sectors (modules)")
+    parser.add_argument("--entries", type=int, default=24, help="PhoneBook entries a sector")
+    parser.add_argument("--module-rank", type=int, default=4)
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        env = process_env(data_dir=tmp, model_dir=str(MODEL_DIR), engine="hf")
-        with served(env, Path(tmp) / "server.log") as (url, _):
-            server = Server(url)
-            if "phonebook" in only:
-                ranks = [int(r) for r in args.ranks.split(",")]
-                results["phonebook"] = phonebook(server, args.loads.split(","), ranks)
+    if "phonebook" in only:
+        # One module whatever the load: the grid measures what a single LoRA holds.
+        with loramem_server(
+            module_tokens_per_rank="1000000", module_max_tokens="1000000"
+        ) as server:
+            ranks = [int(r) for r in args.ranks.split(",")]
+            results["phonebook"] = phonebook(server, args.loads.split(","), ranks)
+    if only & {"modes", "routing", "counterfact"}:
+        with loramem_server() as server:
             if "modes" in only or "routing" in only:
                 results["modes"] = modes(server)
             if "routing" in only:
                 results["routing"] = routing(server)
             if "counterfact" in only:
                 results["counterfact"] = counterfact(server, args.counterfact_statements)
+    if "modules" in only:
+        sectors = [phonebook_qa(f"128K_sector_{i:02}")[: args.entries] for i in range(args.sectors)]
+        tokens_per_rank = module_tokens_per_rank(sectors, args.module_rank)
+        with loramem_server(module_tokens_per_rank=str(tokens_per_rank)) as server:
+            results["modules"] = multi_module(server, sectors, args.module_rank)
+        results["modules"]["module_tokens_per_rank"] = tokens_per_rank
     save("recall", results)
     plot(results)
     return results
