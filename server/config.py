@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     # A version whose recall falls below this is stored but not activated.
     min_recall: float = Field(0.0, ge=0.0, le=1.0)
     # Module capacity: tokens of knowledge a rank-r module holds (tokens_per_rank x r, at most
-    # max_tokens); a topic that outgrows its module is split into several small ones. 256: the
-    # most per unit of rank measured to be held in full (PhoneBook 2K, ~2200 tokens, at r8).
+    # max_tokens); a topic that outgrows its module is split into several small ones. 256: half
+    # of what was measured to be held in full (PhoneBook 4K, ~4400 tokens, at r8), as a margin.
     module_tokens_per_rank: int = Field(256, ge=1)
     module_max_tokens: int = Field(16_384, ge=1)
     # Who turns texts into QA pairs, summaries and rewrites: rules (no model), the base model
