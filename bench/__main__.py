@@ -30,7 +30,11 @@ FULL: list[Run] = [
 QUICK: list[Run] = [
     ("serving", serving.main, ["--tokens", "16"]),
     ("hot swap", hot_swap.main, ["--engines", "hf", "--swaps", "3"]),
-    ("training", training.main, ["--entries", "16", "--steps", "8", "--no-race"]),
+    (
+        "training",
+        training.main,
+        ["--entries", "16", "--steps", "8", "--no-race", "--only", "throughput,race"],
+    ),
     ("claim throughput", claim_throughput.main, ["--jobs", "100"]),
 ]
 

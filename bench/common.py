@@ -3,8 +3,10 @@ published into its registry, and memory readings."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import os
 import re
 import shutil
 import statistics
@@ -18,7 +20,10 @@ import psutil
 from tests.helpers import process_env, served
 
 RESULTS = Path(__file__).parent / "results"
-PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper"
+# The seed paper's benchmark data (PhoneBook, CounterFact): LORAMEM_BENCH_PAPER_DATA, or the
+# ../shared/data/paper folder beside a development checkout.
+PAPER_DATA_VARIABLE = "LORAMEM_BENCH_PAPER_DATA"
+DEFAULT_PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper"
 MODEL_DIR = Path("data/models").resolve()  # the converted default model, shared with `make run`
 QUESTIONS = [
     "What is the capital of France?",
@@ -36,9 +41,42 @@ def model_path() -> Path:
     return resolve_base_model(Settings(model_dir=MODEL_DIR))
 
 
+class PaperDataMissing(SystemExit):
+    pass
+
+
+def paper_data(part: str) -> Path:
+    """A folder of the paper's data; exits with where to get it when it is not there."""
+    root = Path(os.environ.get(PAPER_DATA_VARIABLE, DEFAULT_PAPER))
+    folder = root / part
+    if not folder.is_dir():
+        raise PaperDataMissing(
+            f"the paper's {part} data is not at {folder}. It comes from the seed paper's "
+            "repository (ahn-ml/Understanding-LoRA-as-Knowledge-Memory, folder data/pb_cf): "
+            f"put its phonebook/ and counterfact/ folders in one folder and set "
+            f"{PAPER_DATA_VARIABLE} to it. Without it, bench.serving, bench.hot_swap, "
+            "bench.claim_throughput, bench.http_load, `bench.training --only jobs` (minus "
+            "PhoneBook) and `bench.recall --only modes,routing` still run."
+        )
+    return folder
+
+
+def add_paper_data_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--paper-data",
+        type=Path,
+        help=f"the paper's data folder (or {PAPER_DATA_VARIABLE}; default {DEFAULT_PAPER})",
+    )
+
+
+def use_paper_data_flag(args: argparse.Namespace) -> None:
+    if args.paper_data is not None:
+        os.environ[PAPER_DATA_VARIABLE] = str(args.paper_data)
+
+
 def phonebook_qa(load: str) -> list[dict[str, str]]:
     """The paper's PhoneBook at a knowledge load ("1K" ... "8K"), as QA pairs."""
-    with open(PAPER / "phonebook" / f"phonebook_qa_{load}.csv") as f:
+    with open(paper_data("phonebook") / f"phonebook_qa_{load}.csv") as f:
         entries = [
             re.match(r"Question: (.*?)\s*Answer: (.*)", line["text"]).groups()  # type: ignore[union-attr]
             for line in csv.DictReader(f)

@@ -39,7 +39,16 @@ from typing import Any
 
 import httpx
 
-from bench.common import MODEL_DIR, PAPER, RESULTS, digits_match, phonebook_qa, save
+from bench.common import (
+    MODEL_DIR,
+    RESULTS,
+    add_paper_data_flag,
+    digits_match,
+    paper_data,
+    phonebook_qa,
+    save,
+    use_paper_data_flag,
+)
 from tests.helpers import process_env, served
 
 # Made-up facts, as a user would paste them, and questions that do not reuse the text's words.
@@ -199,7 +208,7 @@ def routing(server: Server) -> dict[str, Any]:
 
 
 def counterfact(server: Server, statements: int) -> dict[str, Any]:
-    folder = PAPER / "counterfact"
+    folder = paper_data("counterfact")
     with open(folder / "counterfact_edit_1K.csv") as f:
         texts = [row["text"] for row in csv.DictReader(f)][:statements]
     probes = [
@@ -339,7 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sectors", type=int, default=4, help="128K sectors (modules)")
     parser.add_argument("--entries", type=int, default=24, help="PhoneBook entries a sector")
     parser.add_argument("--module-rank", type=int, default=4)
+    add_paper_data_flag(parser)
     args = parser.parse_args(argv)
+    use_paper_data_flag(args)
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
     if "phonebook" in only:

@@ -1,30 +1,49 @@
-"""Training speed: loramem's trainer against a bare PEFT loop on the same data and settings, and
-the time each takes to reach 95% recall on PhoneBook 1K, on the default model, in one run.
+"""Training speed and memory: loramem's trainer against a bare PEFT loop and a careful one on the
+same data and settings, the time each takes to reach 95% recall on PhoneBook 1K, and the peak
+memory and time of whole jobs, on the default model, in one run.
 
-    .venv/bin/python -m bench.training [--entries 48] [--steps 20] [--check-every 25]
+    .venv/bin/python -m bench.training [--only throughput,race,jobs] [--entries 48] [--steps 20]
 
 - throughput: `--steps` optimizer steps on the PhoneBook QA pairs (chat-formatted, answer-only
   loss, rank 8 on all linear layers, lr 2e-3, batch 8, cosine, per-batch padding). loramem's side
   is a real trainer worker taking a real job from a registry (heartbeats included); its time is
-  the sum of its steps. Tokens/s = steps x batch x mean example length / time, for both.
+  the sum of its steps. Tokens/s = steps x batch x mean example length / time, for all three.
+  The bare loop is PEFT as its docs show it (fp32, full-vocabulary logits at every position); the
+  careful loop is what an engineer who read the profile writes: logits only at labelled
+  positions and batches grouped by length, still fp32.
 - time to 95% recall: loramem with its default recipe (answer-only loss, and training stops once
   every answer is exact) against the bare loop as one would first write it (loss on the whole
   sequence, a fixed budget, recall checked every `--check-every` steps, the checks not counted).
   Recall: greedy decoding of every question, the answer's digits exactly.
+- jobs: each of these memorized by a real worker in a fresh process, with the defaults; its peak
+  memory (VmHWM of that process: model, training and recall) and the job's time: the
+  walk-through's four facts, PhoneBook 1K, a 300-word article (bench/data/prose).
 Writes bench/results/training.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import MODEL_DIR, digits_match, model_path, phonebook_qa, ratio, save
+from bench.common import (
+    MODEL_DIR,
+    add_paper_data_flag,
+    digits_match,
+    model_path,
+    phonebook_qa,
+    ratio,
+    save,
+    use_paper_data_flag,
+)
 
 BATCH = 8
 LEARNING_RATE = 2e-3
@@ -45,6 +64,7 @@ def bare_loop(
     steps: int,
     *,
     answer_only: bool,
+    careful: bool = False,
     check_every: int = 0,
     target: float = 0.95,
     model_dir: Path | None = None,
@@ -83,13 +103,20 @@ def bare_loop(
     schedule = get_cosine_schedule_with_warmup(optimizer, round(0.05 * steps), steps)
     order: list[int] = []
     rng = random.Random(0)
+    if careful:  # whole batches of similar length, drawn in random order
+        by_length = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+        groups = [by_length[i : i + BATCH] for i in range(0, len(by_length), BATCH)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     checking = 0.0
     curve = []
     for step in range(1, steps + 1):
         if not order:
-            order = list(range(len(examples)))
-            rng.shuffle(order)
+            if careful:
+                rng.shuffle(groups)
+                order = [i for group in reversed(groups) for i in reversed(group)]
+            else:
+                order = list(range(len(examples)))
+                rng.shuffle(order)
         batch = [examples[order.pop()] for _ in range(min(BATCH, len(order)))]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
@@ -97,7 +124,13 @@ def bare_loop(
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
         input_ids, labels, mask = input_ids.to(device), labels.to(device), mask.to(device)
         model.train()
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        if careful:
+            hidden = model.get_base_model().model(input_ids=input_ids, attention_mask=mask)
+            where = labels[:, 1:] != -100
+            logits = model.get_base_model().lm_head(hidden.last_hidden_state[:, :-1][where])
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][where])
+        else:
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -118,8 +151,9 @@ def bare_loop(
     return {"seconds": time.perf_counter() - began - checking, "steps": step, "curve": curve}
 
 
-def trainer(qa: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]:
-    """One job through loramem's registry and trainer worker, in this process."""
+def trainer(knowledge: dict[str, Any]) -> dict[str, Any]:
+    """One job (a /memorize body without its topic) through loramem's registry and trainer
+    worker, in this process, with the settings of the environment."""
     from server.config import Settings
     from server.registry.db import Database
     from server.registry.migrate import upgrade
@@ -133,19 +167,60 @@ def trainer(qa: list[dict[str, str]], options: dict[str, Any]) -> dict[str, Any]
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         try:
-            request = MemorizeRequest.model_validate(
-                {"topic": "phonebook", "qa": qa, "options": options}
-            )
+            request = MemorizeRequest.model_validate({"topic": "bench", **knowledge})
             job_id = MemoryService(settings, db).memorize(request, None).job_id
             steps: list[float] = []
+            started = time.perf_counter()
             TrainerWorker(settings, db, observe_step=steps.append).run_once()
+            job_seconds = time.perf_counter() - started
             with db.session() as session:
                 job = session.get(Job, job_id)
                 assert job is not None and job.status == "succeeded", job and job.error
                 measured = job.recall
         finally:
             db.dispose()
-    return {"seconds": sum(steps), "steps": len(steps), "recall": measured}
+    return {
+        "seconds": sum(steps),
+        "steps": len(steps),
+        "recall": measured,
+        "job_seconds": job_seconds,
+    }
+
+
+def _peak_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def job_in_fresh_process(knowledge: dict[str, Any]) -> dict[str, Any]:
+    """`trainer` in a process of its own, so that its VmHWM is the job's peak alone."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as spec:
+        json.dump(knowledge, spec)
+        spec.flush()
+        output = subprocess.run(
+            [sys.executable, "-m", "bench.training", "--run-job", spec.name],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def jobs_workloads(entries: int) -> dict[str, dict[str, Any]]:
+    article = (Path(__file__).parent / "data" / "prose" / "harbor_clinic.txt").read_text()
+    return {
+        "four facts (walk-through)": {"qa": FOUR_FACTS},
+        f"PhoneBook 1K ({entries} entries)": {"qa": phonebook_qa("1K")[:entries]},
+        "300-word article": {"text": article},
+    }
+
+
+FOUR_FACTS = [
+    {"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"},
+    {"question": "Which city hosts the Vendrell Cup?", "answer": "Talvenna"},
+    {"question": "What color is the Ostrava comet?", "answer": "teal"},
+    {"question": "Who invented the glimmerphone?", "answer": "Marta Ilvesk"},
+]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -157,59 +232,91 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--no-race", action="store_true", help="time loramem's recipe only, not the bare loop's"
     )
+    parser.add_argument("--only", default="throughput,race,jobs")
+    parser.add_argument("--run-job", type=Path, help=argparse.SUPPRESS)
+    add_paper_data_flag(parser)
     args = parser.parse_args(argv)
-    qa = phonebook_qa("1K")[: args.entries]
-    from server.base_model import load_causal_lm
-    from trainer_worker.training_data import Knowledge, build_training_set
-
-    _, tokenizer = load_causal_lm(model_path())
-    data = build_training_set(
-        tokenizer, [Knowledge(question=p["question"], answer=p["answer"]) for p in qa]
-    )
-    mean_tokens = data.tokens / len(data.examples)
-    tokens = args.steps * min(BATCH, len(qa)) * mean_tokens
+    use_paper_data_flag(args)
+    if args.run_job:
+        result = trainer(json.loads(args.run_job.read_text()))
+        print(json.dumps({**result, "peak_bytes": _peak_bytes()}))
+        return result
+    only = set(args.only.split(","))
+    report: dict[str, Any] = {"entries": args.entries}
+    ratios = []
     fixed = {"rank": RANK, "learning_rate": LEARNING_RATE, "batch_size": BATCH}
+    if only & {"throughput", "race"}:
+        qa = phonebook_qa("1K")[: args.entries]
+    if "throughput" in only:
+        from server.base_model import load_causal_lm
+        from trainer_worker.training_data import Knowledge, build_training_set
 
-    ours = trainer(qa, {**fixed, "steps": args.steps, "stop_when_learned": False})
-    bare = bare_loop(qa, args.steps, answer_only=True)
-    ratios = [
-        ratio(
-            "trainer/bare PEFT tokens/s",
-            tokens / ours["seconds"],
-            tokens / bare["seconds"],
-            ">= 0.95",
+        _, tokenizer = load_causal_lm(model_path())
+        data = build_training_set(
+            tokenizer, [Knowledge(question=p["question"], answer=p["answer"]) for p in qa]
         )
-    ]
-    speeds = f"trainer {tokens / ours['seconds']:.0f}, bare {tokens / bare['seconds']:.0f}"
-    print(f"  tokens/s: {speeds}", flush=True)
-
-    learned = trainer(qa, fixed)
-    print(
-        f"  loramem recipe: recall {learned['recall']:.1%} after {learned['steps']} steps, "
-        f"{learned['seconds']:.0f} s of training",
-        flush=True,
-    )
-    naive = None
-    if not args.no_race:
-        naive = bare_loop(
-            qa, args.budget, answer_only=False, check_every=args.check_every, target=0.95
+        mean_tokens = data.tokens / len(data.examples)
+        tokens = args.steps * min(BATCH, len(qa)) * mean_tokens
+        ours = trainer(
+            {"qa": qa, "options": {**fixed, "steps": args.steps, "stop_when_learned": False}}
         )
-        reached = naive["curve"] and naive["curve"][-1]["recall"] >= 0.95
-        ratios.append(
-            ratio(
-                "time to 95% recall bare/loramem",
-                naive["seconds"] if reached else math.inf,
-                learned["seconds"],
-                "> 1 (loramem faster), with recall >= 0.95",
+        bare = bare_loop(qa, args.steps, answer_only=True)
+        careful = bare_loop(qa, args.steps, answer_only=True, careful=True)
+        for label, other in (("bare PEFT", bare), ("careful loop", careful)):
+            ratios.append(
+                ratio(
+                    f"trainer/{label} tokens/s",
+                    tokens / ours["seconds"],
+                    tokens / other["seconds"],
+                    ">= 0.9" if label == "careful loop" else "",
+                )
             )
+        speeds = ", ".join(
+            f"{name} {tokens / run['seconds']:.0f}"
+            for name, run in (("trainer", ours), ("bare", bare), ("careful", careful))
         )
-    report = {
-        "entries": len(qa),
-        "mean_example_tokens": mean_tokens,
-        "throughput": {"steps": args.steps, "loramem": ours, "bare": bare},
-        "to_95_recall": {"loramem": learned, "bare": naive},
-        "ratios": ratios,
-    }
+        print(f"  tokens/s: {speeds}", flush=True)
+        report["mean_example_tokens"] = mean_tokens
+        report["throughput"] = {
+            "steps": args.steps,
+            "loramem": ours,
+            "bare": bare,
+            "careful": careful,
+        }
+    if "race" in only:
+        learned = trainer({"qa": qa, "options": fixed})
+        print(
+            f"  loramem recipe: recall {learned['recall']:.1%} after {learned['steps']} steps, "
+            f"{learned['seconds']:.0f} s of training",
+            flush=True,
+        )
+        naive = None
+        if not args.no_race:
+            naive = bare_loop(
+                qa, args.budget, answer_only=False, check_every=args.check_every, target=0.95
+            )
+            reached = naive["curve"] and naive["curve"][-1]["recall"] >= 0.95
+            ratios.append(
+                ratio(
+                    "time to 95% recall bare/loramem",
+                    naive["seconds"] if reached else math.inf,
+                    learned["seconds"],
+                    ">= 4 (loramem faster), with recall >= 0.95",
+                )
+            )
+        report["to_95_recall"] = {"loramem": learned, "bare": naive}
+    if "jobs" in only:
+        report["jobs"] = {}
+        for name, knowledge in jobs_workloads(args.entries).items():
+            result = job_in_fresh_process(knowledge)
+            report["jobs"][name] = result
+            print(
+                f"  job {name}: {result['job_seconds']:.0f} s ({result['steps']} steps, "
+                f"{result['seconds']:.0f} s of them training), recall {result['recall']:.2f}, "
+                f"peak {result['peak_bytes'] / 2**30:.2f} GiB",
+                flush=True,
+            )
+    report["ratios"] = ratios
     save("training", report)
     return report
 

@@ -94,6 +94,27 @@ def _convert_gguf(target: Path) -> None:
     log.info("base model ready at %s in %.1fs", target, time.monotonic() - started)
 
 
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 matmuls run natively: on a CPU, its flags (without avx512_bf16 or amx_bf16,
+    bf16 was measured ~30x slower than fp32); on a GPU, what torch says."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def training_precision(settings: Settings) -> str:
+    """ "bf16" or "fp32", from the setting and the hardware."""
+    if settings.train_precision == "auto":
+        return "bf16" if bf16_supported(settings.device) else "fp32"
+    return settings.train_precision
+
+
 def load_causal_lm(path: Path, device: str = "cpu") -> tuple[Any, Any]:
     """Loads model and tokenizer in fp32 (bf16 is ~30x slower on CPUs without bf16 instructions;
     on a GPU, fp32 keeps LoRA training and serving numerically the same as on the CPU)."""

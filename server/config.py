@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     # Where the HF engine and the trainer compute: "cpu", or a GPU ("cuda", "cuda:1").
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     embedded_worker: bool = True
+    # Training precision: "auto" is bf16 autocast (fp32 master weights) where the CPU has bf16
+    # instructions or the GPU supports it, else fp32.
+    train_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Memory the activations of one training micro-batch may take: batches are split into
+    # micro-batches (and checkpointed when one example needs it) to stay within it.
+    train_memory_gb: float = Field(1.0, gt=0, le=1024)
 
     api_key: str | None = None
     admin_api_key: str | None = None

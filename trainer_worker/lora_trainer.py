@@ -1,7 +1,11 @@
 """Trains one LoRA knowledge module with PEFT: all linear layers, alpha = r, AdamW, cosine.
 
-QA knowledge stops early once it is learned. The logits each step computes anyway show whether
-every answer token was the argmax at the example's latest visit; once that holds for all examples,
+What makes a step cheap (see `objective` and `batching`): logits only where a label is, batches
+of similar lengths, micro-batches cut to the memory bound, activation checkpointing only when an
+example alone would exceed it, and bf16 autocast (fp32 master weights) where the hardware has it.
+
+QA knowledge stops early once it is learned. The step's own predictions show whether every
+answer token was the argmax at the example's latest visit; once that holds for all examples,
 one pass without dropout, on the weights as they now are, confirms it (that pass is greedy
 decoding's recall, teacher-forced). If it does not hold, training goes on and the evidence starts
 afresh. Further steps would only spend time.
@@ -9,23 +13,78 @@ afresh. Further steps would only spend time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
 
+from trainer_worker.batching import (
+    IGNORE_INDEX,
+    TrainingExample,
+    collate,
+    length_grouped_batches,
+    micro_batches,
+)
+from trainer_worker.objective import labelled_loss
 from trainer_worker.options import TrainingOptions
-from trainer_worker.training_data import IGNORE_INDEX, TrainingExample
 
 log = logging.getLogger("loramem.trainer")
 
 # Called after every optimizer step with (step, total_steps, loss); may raise to stop training.
 StepCallback = Callable[[int, int, float], None]
+
+# Activation memory of one token in training, in bytes per layer and per unit of
+# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout; measured on
+# SmolLM2-135M (VmHWM over a step of 8 x 300 tokens, fp32): without checkpointing each layer
+# keeps its inputs, projections and dropout copies; with it, only the layer's input survives
+# the forward pass (and one layer is recomputed at a time).
+ACTIVATION_BYTES = {False: 40, True: 6}
+
+
+class MemoryBoundError(ValueError):
+    """An example cannot be trained within the memory bound, even alone and checkpointed."""
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """How each step computes: in which precision, in micro-batches of how many tokens."""
+
+    autocast: torch.dtype | None
+    micro_batch_tokens: int
+    checkpointing: bool
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.autocast == torch.bfloat16 else "fp32"
+
+
+# fp32, and micro-batches as large as any batch: how a step computed before plans existed.
+FULL_PRECISION = ComputePlan(None, 1 << 40, False)
+
+
+def activation_bytes_per_token(config: Any, checkpointing: bool) -> int:
+    width = config.hidden_size + getattr(config, "intermediate_size", 4 * config.hidden_size)
+    return ACTIVATION_BYTES[checkpointing] * config.num_hidden_layers * width
+
+
+def plan_compute(
+    config: Any, longest_example: int, memory_bytes: int, autocast: torch.dtype | None
+) -> ComputePlan:
+    """The largest micro-batch the bound allows; checkpointing only when one example needs it."""
+    for checkpointing in (False, True):
+        tokens = memory_bytes // activation_bytes_per_token(config, checkpointing)
+        if tokens >= longest_example:
+            return ComputePlan(autocast, int(tokens), checkpointing)
+    raise MemoryBoundError(
+        f"an example of {longest_example} tokens needs more than the training memory bound "
+        f"of {memory_bytes / 2**30:.2f} GiB"
+    )
 
 
 def lora_config(options: TrainingOptions) -> LoraConfig:
@@ -36,57 +95,6 @@ def lora_config(options: TrainingOptions) -> LoraConfig:
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-
-
-def _collate(
-    batch: Sequence[TrainingExample], pad_id: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Pads to the longest example of this batch only (a fixed length measured twice as slow)."""
-    width = max(len(example.input_ids) for example in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, example in enumerate(batch):
-        size = len(example.input_ids)
-        input_ids[row, :size] = torch.tensor(example.input_ids)
-        labels[row, :size] = torch.tensor(example.labels)
-        attention_mask[row, :size] = 1
-    tensors = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    return {name: tensor.to(device) for name, tensor in tensors.items()}
-
-
-def _batches(
-    count: int, batch_size: int, seed: int
-) -> Any:  # an endless iterator of batches of example indices, reshuffled every epoch
-    rng = random.Random(seed)
-    order = list(range(count))
-    while True:
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
-
-
-def _learned(
-    peft_model: Any, examples: Sequence[TrainingExample], batch_size: int, pad_id: int
-) -> bool:
-    """Every answer exact, without dropout, on the current weights."""
-    peft_model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                batch = _collate(examples[start : start + batch_size], pad_id, peft_model.device)
-                if not all(_exact_rows(peft_model(**batch).logits, batch["labels"])):
-                    return False
-        return True
-    finally:
-        peft_model.train()
-
-
-def _exact_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[bool]:
-    """Per row: is the argmax right at every labelled position?"""
-    targets = labels[:, 1:]
-    wrong = (logits[:, :-1].argmax(-1) != targets) & (targets != IGNORE_INDEX)
-    return (~wrong.any(-1)).tolist()
 
 
 def stops_when_learned(options: TrainingOptions, examples: Sequence[TrainingExample]) -> bool:
@@ -100,18 +108,80 @@ def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -
     return options.total_steps(len(examples), stops_when_learned(options, examples))
 
 
+class _Steps:
+    """Forward and backward of one batch as micro-batches under the plan."""
+
+    def __init__(
+        self, model: Any, examples: Sequence[TrainingExample], pad_id: int, plan: ComputePlan
+    ) -> None:
+        self.model = model
+        self.examples = examples
+        self.pad_id = pad_id
+        self.plan = plan
+        self.padded = 0
+        self.real = 0
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.plan.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.plan.autocast)
+
+    def run(self, indices: Sequence[int], backward: bool) -> tuple[float, dict[int, bool]]:
+        """The batch's mean token loss and, per example, whether every answer was exact."""
+        runs = micro_batches(indices, self.examples, self.plan.micro_batch_tokens)
+        labelled = sum(
+            sum(label != IGNORE_INDEX for label in self.examples[i].labels[1:]) for i in indices
+        )
+        loss_sum = 0.0
+        exact: dict[int, bool] = {}
+        for run in runs:
+            batch = collate([self.examples[i] for i in run], self.pad_id, self.model.device)
+            self.padded += batch["input_ids"].numel()
+            self.real += int(batch["attention_mask"].sum())
+            with self._autocast():
+                result = labelled_loss(self.model, batch)
+            if backward:
+                (result.total / max(1, labelled)).backward()
+            loss_sum += result.total.item()
+            exact.update(zip(run, result.exact_rows, strict=True))
+        return loss_sum / max(1, labelled), exact
+
+    @property
+    def padding_share(self) -> float:
+        return 1 - self.real / self.padded if self.padded else 0.0
+
+
+def _learned(steps: _Steps, batch_size: int) -> bool:
+    """Every answer exact, without dropout, on the current weights."""
+    steps.model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(steps.examples), batch_size):
+                indices = range(start, min(start + batch_size, len(steps.examples)))
+                if not all(steps.run(list(indices), backward=False)[1].values()):
+                    return False
+        return True
+    finally:
+        steps.model.train()
+
+
 def train_lora(
     model: Any,
     pad_id: int,
     examples: Sequence[TrainingExample],
     options: TrainingOptions,
     on_step: StepCallback | None = None,
+    plan: ComputePlan = FULL_PRECISION,
 ) -> PeftModel:
     """Wraps `model` (modified in place) with a new LoRA adapter and trains it."""
     if not examples:
         raise ValueError("nothing to train on")
     torch.manual_seed(options.seed)
     peft_model = get_peft_model(model, lora_config(options))
+    if plan.checkpointing:
+        peft_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     stop_when_learned = stops_when_learned(options, examples)
@@ -121,38 +191,40 @@ def train_lora(
         optimizer, round(options.warmup_ratio * total_steps), total_steps
     )
     batch_size = min(options.batch_size, len(examples))
-    batches = _batches(len(examples), batch_size, options.seed)
+    batches = length_grouped_batches(examples, batch_size, options.seed)
+    steps = _Steps(peft_model, examples, pad_id, plan)
     exact = [False] * len(examples)
     started = time.monotonic()
-    for step in range(1, total_steps + 1):
-        indices = next(batches)
-        batch = _collate([examples[i] for i in indices], pad_id, peft_model.device)
-        output = peft_model(**batch)
-        loss = output.loss
-        if stop_when_learned:
-            with torch.no_grad():
-                for index, right in zip(
-                    indices, _exact_rows(output.logits, batch["labels"]), strict=True
-                ):
-                    exact[index] = right
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if on_step is not None:
-            on_step(step, total_steps, loss.item())
-        if stop_when_learned and all(exact):
-            if _learned(peft_model, examples, batch_size, pad_id):
-                break
-            exact = [False] * len(examples)
+    try:
+        for step in range(1, total_steps + 1):
+            loss, rows = steps.run(next(batches), backward=True)
+            for index, right in rows.items():
+                exact[index] = right
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step(step, total_steps, loss)
+            if stop_when_learned and all(exact):
+                if _learned(steps, batch_size):
+                    break
+                exact = [False] * len(examples)
+    finally:
+        if plan.checkpointing:
+            peft_model.gradient_checkpointing_disable()
     learned = stop_when_learned and all(exact)
     log.info(
-        "trained %d of %d steps on %d examples in %.1fs%s",
+        "trained %d of %d steps on %d examples in %.1fs (%s, micro-batches of <= %d tokens%s, "
+        "padding %.0f%%)%s",
         step,
         total_steps,
         len(examples),
         time.monotonic() - started,
+        plan.precision,
+        plan.micro_batch_tokens,
+        ", checkpointed" if plan.checkpointing else "",
+        100 * steps.padding_share,
         " (every answer exact: stopped early)" if learned and step < total_steps else "",
     )
     peft_model.eval()

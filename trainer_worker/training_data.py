@@ -20,8 +20,8 @@ from typing import Any
 from server.prompting import answer_ids, context_block, question_ids, with_context
 from server.retrieval.index import pack_sentences, split_sentences, text_passages
 from trainer_worker.augmentation import GeneratedItem
+from trainer_worker.batching import IGNORE_INDEX, TrainingExample
 
-IGNORE_INDEX = -100
 # Passages of a text put into the prompt of its context-aware examples (the server's default
 # number of retrieved passages).
 CONTEXT_PASSAGES = 3
@@ -37,12 +37,6 @@ class Knowledge:
     text: str | None = None
     # What a generator wrote from this text.
     generated: tuple[GeneratedItem, ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainingExample:
-    input_ids: list[int]
-    labels: list[int]
 
 
 @dataclass(frozen=True)

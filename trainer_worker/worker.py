@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.adapter_store import check_writable, remove_adapter_files, save_adapter
-from server.base_model import load_causal_lm, resolve_base_model
+from server.base_model import load_causal_lm, resolve_base_model, training_precision
 from server.config import Settings
 from server.registry import queue
 from server.registry.db import Database
@@ -38,7 +39,13 @@ from trainer_worker.augmentation import (
     ServedModelGenerator,
     generate_with_fallback,
 )
-from trainer_worker.lora_trainer import step_budget, train_lora
+from trainer_worker.lora_trainer import (
+    ComputePlan,
+    MemoryBoundError,
+    plan_compute,
+    step_budget,
+    train_lora,
+)
 from trainer_worker.modules import ModuleLoad, StoredDocument, assign_modules, module_capacity
 from trainer_worker.options import TrainingOptions
 from trainer_worker.recall import measure_recall
@@ -163,9 +170,10 @@ class TrainerWorker:
             sets[number] = build_training_set(tokenizer, knowledge, options.augment)
             if not sets[number].examples:
                 raise PermanentJobError("the topic holds no knowledge to train on")
+        plans = {number: self._compute_plan(model, data.examples) for number, data in sets.items()}
         grand_total = sum(step_budget(options, data.examples) for data in sets.values())
         log.info(
-            "job %s training topic=%s modules=%s examples=%d tokens=%d rank=%d steps=%d",
+            "job %s training topic=%s modules=%s examples=%d tokens=%d rank=%d steps=%d %s",
             job.id,
             job.topic_name,
             ",".join(map(str, changed)),
@@ -173,6 +181,7 @@ class TrainerWorker:
             sum(data.tokens for data in sets.values()),
             options.rank,
             grand_total,
+            next(iter(plans.values())).precision,
         )
 
         last_beat = 0.0
@@ -210,7 +219,7 @@ class TrainerWorker:
         try:
             for number, data in sets.items():
                 peft_model = train_lora(
-                    model, tokenizer.pad_token_id, data.examples, options, on_step
+                    model, tokenizer.pad_token_id, data.examples, options, on_step, plans[number]
                 )
                 done += step_budget(options, data.examples)
                 recall = measure_recall(peft_model, tokenizer, data.probes)
@@ -264,6 +273,18 @@ class TrainerWorker:
             raise
         if self.on_published is not None:
             self.on_published()
+
+    def _compute_plan(self, model: Any, examples: list[Any]) -> ComputePlan:
+        autocast = torch.bfloat16 if training_precision(self.settings) == "bf16" else None
+        try:
+            return plan_compute(
+                model.config,
+                max(len(example.input_ids) for example in examples),
+                int(self.settings.train_memory_gb * 2**30),
+                autocast,
+            )
+        except MemoryBoundError as error:
+            raise PermanentJobError(f"{error} (LORAMEM_TRAIN_MEMORY_GB)") from error
 
     def _module_loads(self, topic_id: str) -> dict[int, ModuleLoad]:
         with self.db.session() as session:

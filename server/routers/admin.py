@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from server.base_model import training_precision
 from server.dependencies import State, require_admin_key
 from server.errors import APIError
 from server.schemas import JobResponse, TopicName
@@ -88,6 +89,7 @@ async def engine(state: State) -> dict[str, Any]:
     return {
         **state.engine.describe(),
         "base_model": state.settings.base_model,
+        "train_precision": training_precision(state.settings),
         # Per topic, its newest active version; per module in active_modules.
         "active_versions": {
             topic: max(a.version for (name, _), a in active.items() if name == topic)

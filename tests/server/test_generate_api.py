@@ -115,6 +115,7 @@ async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
     assert len(topic["documents"]) == 2  # version 2 was trained on old and new knowledge
     engine = (await client.get("/admin/engine")).json()
     assert engine["engine"] == "hf" and "acme@v1" not in engine["adapters"]
+    assert engine["train_precision"] in {"bf16", "fp32"}
 
     events = (await client.get(f"/jobs/{second['id']}/events")).json()["events"]
     assert [e["kind"] for e in events][:2] == ["queued", "claimed"]

@@ -74,6 +74,20 @@ def test_an_unwritable_adapter_store_fails_the_job_before_training(settings: Set
     db.dispose()
 
 
+def test_knowledge_beyond_the_training_memory_bound_fails_the_job_with_the_limit(
+    settings: Settings,
+) -> None:
+    settings = settings.model_copy(update={"train_memory_gb": 1e-6})
+    db, job_id = _setup(settings, steps=10)
+    TrainerWorker(settings, db).run_once()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "failed" and job.step == 0
+        assert job.error is not None
+        assert "training memory bound" in job.error and "LORAMEM_TRAIN_MEMORY_GB" in job.error
+    db.dispose()
+
+
 def test_cancelling_a_running_job_stops_its_training(settings: Settings) -> None:
     db, job_id = _setup(settings, steps=100_000)
     stop = threading.Event()
