@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import claim_throughput, hot_swap, http_load, recall, serving, training
+from bench import claim_throughput, hot_swap, http_load, recall, serving, train_step, training
 from bench.common import SUMMARY
 
 Run = tuple[str, Callable[[list[str]], Any], list[str]]
@@ -22,12 +22,14 @@ Run = tuple[str, Callable[[list[str]], Any], list[str]]
 FULL: list[Run] = [
     ("serving", serving.main, []),
     ("hot swap", hot_swap.main, []),
+    ("train step", train_step.main, []),
     ("training", training.main, []),
     ("claim throughput", claim_throughput.main, []),
     ("http load", http_load.main, ["--requests", "48"]),
     ("recall", recall.main, ["--loads", "1K,2K", "--ranks", "4,8,16"]),
 ]
 QUICK: list[Run] = [
+    ("train step", train_step.main, ["--width", "100"]),
     ("serving", serving.main, ["--tokens", "16"]),
     ("hot swap", hot_swap.main, ["--engines", "hf", "--swaps", "3"]),
     (

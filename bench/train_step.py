@@ -1,0 +1,140 @@
+"""One training step's time and peak memory: the trainer's compute plans against PEFT's plain step
+(fp32, full-vocabulary logits at every position), each in a fresh process, on the default model.
+
+    .venv/bin/python -m bench.train_step [--rows 8] [--width 300] [--answer 12 | --text]
+
+The batch is `--rows` examples of `--width` tokens (random ids): with `--answer N` only the last N
+tokens of each are labelled (a QA example with a long prompt, as a context-aware question is);
+with `--text` every token is (a text chunk). Each configuration runs 4 steps; the time is the best
+of the last 3, the memory the process's VmHWM after them (the model included).
+Writes bench/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import ratio, save
+
+# name -> (precision, micro-batch tokens or None for the worker's default bound, checkpointing)
+PLANS: dict[str, tuple[str, int | None, bool]] = {
+    "fp32, labelled logits, default bound": ("fp32", None, False),
+    "bf16, labelled logits, default bound": ("bf16", None, False),
+    "bf16, one micro-batch, checkpointed": ("bf16", 1 << 30, True),
+}
+BARE = "bare PEFT step (fp32, full logits)"
+
+
+def _peak_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]:
+    import torch
+    from peft import get_peft_model
+
+    from bench.common import model_path
+    from server.base_model import load_causal_lm
+    from server.config import Settings
+    from trainer_worker.batching import TrainingExample, collate
+    from trainer_worker.lora_trainer import ComputePlan, _Steps, lora_config, plan_compute
+    from trainer_worker.options import TrainingOptions
+
+    model, tokenizer = load_causal_lm(model_path())
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(rows):
+        ids = torch.randint(100, 40_000, (width,), generator=generator).tolist()
+        labels = [-100] * (width - answer) + ids[-answer:] if answer else list(ids)
+        examples.append(TrainingExample(ids, labels))
+    peft_model = get_peft_model(model, lora_config(TrainingOptions()))
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])
+    if name == BARE:
+
+        def step() -> None:
+            batch = collate(examples, tokenizer.pad_token_id, peft_model.device)
+            peft_model(**batch).loss.backward()
+
+    else:
+        precision, tokens, checkpointing = PLANS[name]
+        autocast = torch.bfloat16 if precision == "bf16" else None
+        plan = (
+            ComputePlan(autocast, tokens, checkpointing)
+            if tokens is not None
+            else plan_compute(
+                model.config, width, int(Settings().train_memory_gb * 2**30), autocast
+            )
+        )
+        if plan.checkpointing:
+            peft_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        steps = _Steps(peft_model, examples, tokenizer.pad_token_id, plan)
+
+        def step() -> None:
+            steps.run(list(range(rows)), backward=True)
+
+    seconds = []
+    for _ in range(4):
+        started = time.perf_counter()
+        step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - started)
+    return {"step_seconds": min(seconds[1:]), "peak_bytes": _peak_bytes()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--width", type=int, default=300)
+    parser.add_argument("--answer", type=int, default=12)
+    parser.add_argument("--text", action="store_true", help="every token labelled")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    answer = None if args.text else args.answer
+    if args.one:
+        result = _one(args.one, args.rows, args.width, answer)
+        print(json.dumps(result))
+        return result
+    shape = ["--rows", str(args.rows), "--width", str(args.width)]
+    shape += ["--text"] if args.text else ["--answer", str(args.answer)]
+    results: dict[str, Any] = {}
+    for name in [BARE, *PLANS]:
+        output = subprocess.run(
+            [sys.executable, "-m", "bench.train_step", "--one", name, *shape],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results[name] = json.loads(output.strip().splitlines()[-1])
+        figures = results[name]
+        print(
+            f"  {name}: {figures['step_seconds']:.2f} s a step, "
+            f"peak {figures['peak_bytes'] / 2**30:.2f} GiB",
+            flush=True,
+        )
+    bare = results[BARE]
+    ratios = []
+    for name in PLANS:
+        ratios.append(
+            ratio(f"step time {name}/bare", results[name]["step_seconds"], bare["step_seconds"])
+        )
+        ratios.append(
+            ratio(f"peak memory {name}/bare", results[name]["peak_bytes"], bare["peak_bytes"])
+        )
+    report = {"shape": shape, "results": results, "ratios": ratios}
+    save("train_step", report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
