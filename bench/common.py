@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,6 +159,20 @@ def memory_gib(pid: int) -> dict[str, float]:
             elif line.startswith("VmHWM:"):
                 peak += int(line.split()[1]) * 1024
     return {"rss_gib": now / 2**30, "peak_rss_gib": peak / 2**30}
+
+
+def in_fresh_process(module: str, *args: str) -> dict[str, Any]:
+    """Runs `python -m module args` and returns what it sent with `report_to_parent`: a process
+    of its own, so that its peak memory is the measured work's alone."""
+    output = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def report_to_parent(result: dict[str, Any]) -> None:
+    """The other side of `in_fresh_process`: the result and this process's peak memory."""
+    print(json.dumps({**result, "peak_gib": memory_gib(os.getpid())["peak_rss_gib"]}))
 
 
 def make_adapters(model: Path, folder: Path, count: int, rank: int = 8) -> list[Path]:

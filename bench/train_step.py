@@ -13,14 +13,10 @@ Writes bench/results/train_step.json.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.common import ratio, save
+from bench.common import in_fresh_process, ratio, report_to_parent, save
 
 # name -> (precision, micro-batch tokens or None for the worker's default bound, checkpointing)
 PLANS: dict[str, tuple[str, int | None, bool]] = {
@@ -29,11 +25,6 @@ PLANS: dict[str, tuple[str, int | None, bool]] = {
     "bf16, one micro-batch, checkpointed": ("bf16", 1 << 30, True),
 }
 BARE = "bare PEFT step (fp32, full logits)"
-
-
-def _peak_bytes() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
 
 def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]:
@@ -89,7 +80,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - started)
-    return {"step_seconds": min(seconds[1:]), "peak_bytes": _peak_bytes()}
+    return {"step_seconds": min(seconds[1:])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -103,23 +94,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     answer = None if args.text else args.answer
     if args.one:
         result = _one(args.one, args.rows, args.width, answer)
-        print(json.dumps(result))
+        report_to_parent(result)
         return result
     shape = ["--rows", str(args.rows), "--width", str(args.width)]
     shape += ["--text"] if args.text else ["--answer", str(args.answer)]
     results: dict[str, Any] = {}
     for name in [BARE, *PLANS]:
-        output = subprocess.run(
-            [sys.executable, "-m", "bench.train_step", "--one", name, *shape],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        results[name] = json.loads(output.strip().splitlines()[-1])
+        results[name] = in_fresh_process("bench.train_step", "--one", name, *shape)
         figures = results[name]
         print(
-            f"  {name}: {figures['step_seconds']:.2f} s a step, "
-            f"peak {figures['peak_bytes'] / 2**30:.2f} GiB",
+            f"  {name}: {figures['step_seconds']:.2f} s a step, peak {figures['peak_gib']:.2f} GiB",
             flush=True,
         )
     bare = results[BARE]
@@ -129,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratio(f"step time {name}/bare", results[name]["step_seconds"], bare["step_seconds"])
         )
         ratios.append(
-            ratio(f"peak memory {name}/bare", results[name]["peak_bytes"], bare["peak_bytes"])
+            ratio(f"peak memory {name}/bare", results[name]["peak_gib"], bare["peak_gib"])
         )
     report = {"shape": shape, "results": results, "ratios": ratios}
     save("train_step", report)

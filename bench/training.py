@@ -27,8 +27,6 @@ import argparse
 import json
 import math
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,9 +36,11 @@ from bench.common import (
     MODEL_DIR,
     add_paper_data_flag,
     digits_match,
+    in_fresh_process,
     model_path,
     phonebook_qa,
     ratio,
+    report_to_parent,
     save,
     use_paper_data_flag,
 )
@@ -187,23 +187,12 @@ def trainer(knowledge: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _peak_bytes() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024
-
-
 def job_in_fresh_process(knowledge: dict[str, Any]) -> dict[str, Any]:
-    """`trainer` in a process of its own, so that its VmHWM is the job's peak alone."""
+    """`trainer` in a process of its own, so that its peak memory is the job's alone."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as spec:
         json.dump(knowledge, spec)
         spec.flush()
-        output = subprocess.run(
-            [sys.executable, "-m", "bench.training", "--run-job", spec.name],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    return dict(json.loads(output.strip().splitlines()[-1]))
+        return in_fresh_process("bench.training", "--run-job", spec.name)
 
 
 def jobs_workloads(entries: int) -> dict[str, dict[str, Any]]:
@@ -239,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     use_paper_data_flag(args)
     if args.run_job:
         result = trainer(json.loads(args.run_job.read_text()))
-        print(json.dumps({**result, "peak_bytes": _peak_bytes()}))
+        report_to_parent(result)
         return result
     only = set(args.only.split(","))
     report: dict[str, Any] = {"entries": args.entries}
@@ -313,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(
                 f"  job {name}: {result['job_seconds']:.0f} s ({result['steps']} steps, "
                 f"{result['seconds']:.0f} s of them training), recall {result['recall']:.2f}, "
-                f"peak {result['peak_bytes'] / 2**30:.2f} GiB",
+                f"peak {result['peak_gib']:.2f} GiB",
                 flush=True,
             )
     report["ratios"] = ratios

@@ -10,6 +10,7 @@ temporary folder that is renamed into place, so a crash never leaves a half-writ
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -94,6 +95,7 @@ def _convert_gguf(target: Path) -> None:
     log.info("base model ready at %s in %.1fs", target, time.monotonic() - started)
 
 
+@functools.cache
 def bf16_supported(device: str) -> bool:
     """Whether bf16 matmuls run natively: on a CPU, its flags (without avx512_bf16 or amx_bf16,
     bf16 was measured ~30x slower than fp32); on a GPU, what torch says."""

@@ -40,10 +40,12 @@ log = logging.getLogger("loramem.trainer")
 StepCallback = Callable[[int, int, float], None]
 
 # Activation memory of one token in training, in bytes per layer and per unit of
-# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout; measured on
-# SmolLM2-135M (VmHWM over a step of 8 x 300 tokens, fp32): without checkpointing each layer
-# keeps its inputs, projections and dropout copies; with it, only the layer's input survives
-# the forward pass (and one layer is recomputed at a time).
+# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout. Estimates from
+# what a Llama layer keeps for its backward pass (its inputs, projections and dropout copies; with
+# checkpointing only its input, one layer recomputed at a time). They undercount what glibc's heap
+# keeps: on SmolLM2-135M an unsplit fp32 step of 8 x 300 tokens took about 55 without
+# checkpointing, and the 1 GiB default's micro-batches peaked at 1.9-2.3 GiB in the process
+# (`bench.train_step`).
 ACTIVATION_BYTES = {False: 40, True: 6}
 
 
@@ -118,6 +120,10 @@ class _Steps:
         self.examples = examples
         self.pad_id = pad_id
         self.plan = plan
+        # Per example, the positions whose next token is a label: a batch's loss is their mean.
+        self._labelled = [
+            sum(label != IGNORE_INDEX for label in example.labels[1:]) for example in examples
+        ]
         self.padded = 0
         self.real = 0
 
@@ -129,9 +135,7 @@ class _Steps:
     def run(self, indices: Sequence[int], backward: bool) -> tuple[float, dict[int, bool]]:
         """The batch's mean token loss and, per example, whether every answer was exact."""
         runs = micro_batches(indices, self.examples, self.plan.micro_batch_tokens)
-        labelled = sum(
-            sum(label != IGNORE_INDEX for label in self.examples[i].labels[1:]) for i in indices
-        )
+        labelled = sum(self._labelled[i] for i in indices)
         loss_sum = 0.0
         exact: dict[int, bool] = {}
         for run in runs:
@@ -153,12 +157,13 @@ class _Steps:
 
 def _learned(steps: _Steps, batch_size: int) -> bool:
     """Every answer exact, without dropout, on the current weights."""
+    by_length = sorted(range(len(steps.examples)), key=lambda i: len(steps.examples[i].input_ids))
     steps.model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(steps.examples), batch_size):
-                indices = range(start, min(start + batch_size, len(steps.examples)))
-                if not all(steps.run(list(indices), backward=False)[1].values()):
+            for start in range(0, len(by_length), batch_size):
+                indices = by_length[start : start + batch_size]
+                if not all(steps.run(indices, backward=False)[1].values()):
                     return False
         return True
     finally:

@@ -39,6 +39,7 @@ from trainer_worker.augmentation import (
     ServedModelGenerator,
     generate_with_fallback,
 )
+from trainer_worker.batching import TrainingExample
 from trainer_worker.lora_trainer import (
     ComputePlan,
     MemoryBoundError,
@@ -274,7 +275,7 @@ class TrainerWorker:
         if self.on_published is not None:
             self.on_published()
 
-    def _compute_plan(self, model: Any, examples: list[Any]) -> ComputePlan:
+    def _compute_plan(self, model: Any, examples: list[TrainingExample]) -> ComputePlan:
         autocast = torch.bfloat16 if training_precision(self.settings) == "bf16" else None
         try:
             return plan_compute(

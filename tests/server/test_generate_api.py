@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from server import Settings
+from server.base_model import training_precision
 from tests.helpers import running_app, wait_active, wait_job
 
 QA = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
@@ -48,6 +49,7 @@ async def test_unknown_topic_is_a_404_in_every_mode(client: httpx.AsyncClient) -
 
 async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
     client: httpx.AsyncClient,
+    settings: Settings,
 ) -> None:
     first = await client.post("/memorize", json={"topic": "acme", "qa": QA, "options": LEARN})
     early = {"prompt": "Zorblax's pet?", "topic": "acme", "max_tokens": 2}
@@ -115,7 +117,7 @@ async def test_memorize_then_generate_from_the_new_adapter_then_version_two(
     assert len(topic["documents"]) == 2  # version 2 was trained on old and new knowledge
     engine = (await client.get("/admin/engine")).json()
     assert engine["engine"] == "hf" and "acme@v1" not in engine["adapters"]
-    assert engine["train_precision"] in {"bf16", "fp32"}
+    assert engine["train_precision"] == training_precision(settings)
 
     events = (await client.get(f"/jobs/{second['id']}/events")).json()["events"]
     assert [e["kind"] for e in events][:2] == ["queued", "claimed"]

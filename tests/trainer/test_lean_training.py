@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from server import Settings
+from server import Settings, base_model
 from server.base_model import load_causal_lm, training_precision
 from trainer_worker.batching import (
     IGNORE_INDEX,
@@ -130,10 +130,14 @@ def test_the_plan_checkpoints_only_when_one_example_needs_it() -> None:
         plan_compute(config, 100, 10 * per_token, None)
 
 
-def test_precision_follows_the_setting_and_the_hardware(tmp_path: Path) -> None:
-    assert training_precision(Settings(data_dir=tmp_path, train_precision="fp32")) == "fp32"
-    assert training_precision(Settings(data_dir=tmp_path, train_precision="bf16")) == "bf16"
-    assert training_precision(Settings(data_dir=tmp_path)) in {"bf16", "fp32"}
+def test_precision_follows_the_setting_and_the_hardware(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(base_model, "bf16_supported", lambda device, has=has_bf16: has)
+        assert training_precision(Settings(data_dir=tmp_path)) == ("bf16" if has_bf16 else "fp32")
+        assert training_precision(Settings(data_dir=tmp_path, train_precision="fp32")) == "fp32"
+        assert training_precision(Settings(data_dir=tmp_path, train_precision="bf16")) == "bf16"
 
 
 def test_bf16_checkpointed_micro_batched_training_recalls(tiny_model_dir: Path) -> None:
