@@ -1,9 +1,10 @@
 """What the memory recalls, through the HTTP API of a real `loramem serve` on the default model:
 the paper's experiments at this project's scale.
 
-    .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact,modules]
+    .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact,modules,prose]
                                      [--loads 1K,2K,4K,8K] [--ranks 4,8,16,32]
                                      [--sectors 4] [--entries 24] [--module-rank 4]
+                                     [--articles harbor_clinic,quillmark,...]
 
 - phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, each in one module
   (the server's capacity split is lifted), trained with the default recipe; recall = greedy exact
@@ -19,6 +20,11 @@ the paper's experiments at this project's scale.
   with oracle routing and with `topic: "auto"`; all sectors in one topic that the server splits
   into modules, answered by the top-1 module or the TIES merge of the top 3; and one module of
   the same parameter budget (rank x sectors) holding everything.
+- prose: the hand-written articles and documents of bench/data/prose, each memorized as its own
+  topic with the defaults, asked the questions of questions.json (worded otherwise than the text)
+  in modes base, rag, lora and hybrid and with `topic: "auto"`; per text and overall, with each
+  job's time, its own recall, the generated items kept and rejected, and the server's peak
+  memory (VmHWM) during the job.
 
 Writes bench/results/recall.json and recall_*.png. The full grid takes hours on 2 CPU cores;
 `--loads 1K --ranks 8` takes a few minutes.
@@ -44,6 +50,7 @@ from bench.common import (
     RESULTS,
     add_paper_data_flag,
     digits_match,
+    memory_gib,
     paper_data,
     phonebook_qa,
     save,
@@ -89,9 +96,14 @@ def normalized(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
+PROSE = Path(__file__).parent / "data" / "prose"
+PROSE_MODES = ("base", "rag", "lora", "hybrid", "auto")
+
+
 class Server:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pid: int) -> None:
         self.url = url
+        self.pid = pid
         self.http = httpx.Client(base_url=url, timeout=600)
 
     def memorize(self, topic: str, **body: Any) -> dict[str, Any]:
@@ -128,8 +140,8 @@ def loramem_server(**settings: str) -> Iterator[Server]:
     """A served loramem on the default model with a fresh registry, and `settings`."""
     with tempfile.TemporaryDirectory() as tmp:
         env = process_env(data_dir=tmp, model_dir=str(MODEL_DIR), engine="hf", **settings)
-        with served(env, Path(tmp) / "server.log") as (url, _):
-            yield Server(url)
+        with served(env, Path(tmp) / "server.log") as (url, process):
+            yield Server(url, process.pid)
 
 
 def phonebook(server: Server, loads: list[str], ranks: list[int]) -> list[dict[str, Any]]:
@@ -279,6 +291,55 @@ def multi_module(server: Server, sectors: list[list[dict[str, str]]], rank: int)
     return result
 
 
+def prose(server: Server, articles: list[str]) -> dict[str, Any]:
+    questions = json.loads((PROSE / "questions.json").read_text())
+    result: dict[str, Any] = {"texts": {}}
+    for name in articles:
+        text = (PROSE / f"{name}.txt").read_text()
+        # The peak of this job alone: the kernel resets VmHWM on request.
+        Path(f"/proc/{server.pid}/clear_refs").write_text("5")
+        job = server.memorize(f"prose-{name}", text=text)
+        events = server.http.get(f"/jobs/{job['id']}/events").json()["events"]
+        [augmented] = [e["data"] for e in events if e["kind"] == "augmented"]
+        result["texts"][name] = {
+            "words": len(text.split()),
+            "questions": len(questions[name]),
+            "train_seconds": job["seconds"],
+            "job_recall": job["recall"],
+            "items_kept": augmented["kept"],
+            "items_rejected": augmented["rejected"],
+            "peak_gib": memory_gib(server.pid)["peak_rss_gib"],
+        }
+        print(
+            f"prose {name}: job {job['seconds']:.0f} s, own recall {job['recall']:.0%}, "
+            f"{augmented['kept']} items kept of {augmented['generated']}, "
+            f"peak {result['texts'][name]['peak_gib']:.2f} GiB"
+        )
+    hits = dict.fromkeys(PROSE_MODES, 0)
+    routed = 0
+    for name in articles:
+        row = result["texts"][name]
+        for question, accepted in questions[name]:
+            for mode in PROSE_MODES:
+                topic = None if mode == "base" else "auto" if mode == "auto" else f"prose-{name}"
+                answer = server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32)
+                hit = any(normalized(a) in normalized(answer["text"]) for a in accepted)
+                row[mode] = row.get(mode, 0) + hit / len(questions[name])
+                hits[mode] += hit
+                if mode == "auto":
+                    routed += answer["topic"] == f"prose-{name}"
+        print(f"prose {name}: " + ", ".join(f"{m} {row[m]:.0%}" for m in PROSE_MODES))
+    asked = sum(len(questions[name]) for name in articles)
+    result["overall"] = {mode: hits[mode] / asked for mode in PROSE_MODES}
+    result["overall"]["routing_accuracy"] = routed / asked
+    result["questions"] = asked
+    print(
+        f"prose, {asked} questions in other words: "
+        + ", ".join(f"{m} {v:.0%}" for m, v in result["overall"].items())
+    )
+    return result
+
+
 def module_tokens_per_rank(sectors: list[list[dict[str, str]]], rank: int) -> int:
     """The capacity setting under which one module of `rank` holds exactly the largest sector."""
     from transformers import AutoTokenizer
@@ -348,6 +409,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sectors", type=int, default=4, help="128K sectors (modules)")
     parser.add_argument("--entries", type=int, default=24, help="PhoneBook entries a sector")
     parser.add_argument("--module-rank", type=int, default=4)
+    parser.add_argument(
+        "--articles",
+        default=",".join(sorted(p.stem for p in PROSE.glob("*.txt"))),
+        help="texts of bench/data/prose for --only prose",
+    )
     add_paper_data_flag(parser)
     args = parser.parse_args(argv)
     use_paper_data_flag(args)
@@ -374,6 +440,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with loramem_server(module_tokens_per_rank=str(tokens_per_rank)) as server:
             results["modules"] = multi_module(server, sectors, args.module_rank)
         results["modules"]["module_tokens_per_rank"] = tokens_per_rank
+    if "prose" in only:
+        with loramem_server() as server:
+            results["prose"] = prose(server, args.articles.split(","))
     save("recall", results)
     plot(results)
     return results

@@ -10,6 +10,21 @@ from server.engines.decoding import DecodeRow, decode_batch
 from trainer_worker.training_data import RecallProbe, recalled
 
 
+def greedy_replies(
+    model: Any, tokenizer: Any, requests: Sequence[tuple[list[int], int]], batch_size: int = 16
+) -> list[str]:
+    """What the model answers to each (prompt ids, most new tokens), greedy, as /generate would."""
+    replies: list[str] = []
+    for start in range(0, len(requests), batch_size):
+        rows = [
+            DecodeRow(prompt, SamplingParams(max_tokens=max_tokens))
+            for prompt, max_tokens in requests[start : start + batch_size]
+        ]
+        decode_batch(model, tokenizer, rows)
+        replies.extend(row.text for row in rows)
+    return replies
+
+
 def measure_recall(
     model: Any,
     tokenizer: Any,
@@ -20,18 +35,9 @@ def measure_recall(
     """The share of `probes` whose greedy answer `matches(expected, generated)`."""
     if not probes:
         return 0.0
-    hits = 0
-    for start in range(0, len(probes), batch_size):
-        chunk = probes[start : start + batch_size]
-        rows = [
-            DecodeRow(
-                probe.prompt_ids,
-                SamplingParams(max_tokens=len(tokenizer(probe.expected)["input_ids"]) + 8),
-            )
-            for probe in chunk
-        ]
-        decode_batch(model, tokenizer, rows)
-        hits += sum(
-            matches(probe.expected, row.text) for probe, row in zip(chunk, rows, strict=True)
-        )
+    requests = [
+        (probe.prompt_ids, len(tokenizer(probe.expected)["input_ids"]) + 8) for probe in probes
+    ]
+    replies = greedy_replies(model, tokenizer, requests, batch_size)
+    hits = sum(matches(p.expected, reply) for p, reply in zip(probes, replies, strict=True))
     return hits / len(probes)

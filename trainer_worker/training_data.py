@@ -89,7 +89,7 @@ def build_training_set(
         if not item.text:
             continue
         completions = add_text(item.text)
-        generated = [g for g in item.generated if augment != "none"]
+        generated = [g for g in item.generated if augment != "none" and g.rejected is None]
         held_out, trained = [], []
         # "mix" also teaches each question with the text's passages in the prompt, as modes
         # rag and hybrid ask it: without that, an adapter asked with notes misreads them.

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from server.adapter_store import check_writable, remove_adapter_files, save_adapter
 from server.base_model import load_causal_lm, resolve_base_model, training_precision
 from server.config import Settings
+from server.prompting import context_block, question_ids, with_context
 from server.registry import queue
 from server.registry.db import Database
 from server.registry.models import Document, Module
@@ -35,8 +36,10 @@ from trainer_worker.augmentation import (
     DataGenerator,
     EndpointGenerator,
     GeneratedItem,
+    ReadBack,
     RuleBasedGenerator,
     ServedModelGenerator,
+    check_items,
     generate_with_fallback,
 )
 from trainer_worker.batching import TrainingExample
@@ -49,7 +52,7 @@ from trainer_worker.lora_trainer import (
 )
 from trainer_worker.modules import ModuleLoad, StoredDocument, assign_modules, module_capacity
 from trainer_worker.options import TrainingOptions
-from trainer_worker.recall import measure_recall
+from trainer_worker.recall import greedy_replies, measure_recall
 from trainer_worker.training_data import Knowledge, build_training_set
 
 log = logging.getLogger("loramem.worker")
@@ -326,7 +329,15 @@ class TrainerWorker:
                     d.answer,
                     d.text,
                     tuple(
-                        GeneratedItem(r.kind, r.question, r.answer, r.text, r.held_out)  # type: ignore[arg-type]
+                        GeneratedItem(
+                            r.kind,  # type: ignore[arg-type]
+                            r.question,
+                            r.answer,
+                            r.text,
+                            r.held_out,
+                            r.source,
+                            r.rejected,
+                        )
                         for r in written.get(d.id, [])
                     ),
                 ),
@@ -347,6 +358,8 @@ class TrainerWorker:
         )
         rows: dict[int, list[GeneratedRow]] = {}
         fallbacks: list[str] = []
+        unusable: list[int] = []
+        read_back = _read_back(model, tokenizer)
         for document in texts:
             if self._stop.is_set():
                 raise WorkerStopping
@@ -354,6 +367,9 @@ class TrainerWorker:
             generation = generate_with_fallback(generator, document.text)
             if generation.fallback_reason:
                 fallbacks.append(generation.fallback_reason)
+            checked = check_items(generation.items, document.text, read_back)
+            if not any(item.kind == "qa" and item.rejected is None for item in checked):
+                unusable.append(document.id)
             rows[document.id] = [
                 GeneratedRow(
                     topic_id=job.topic_id,
@@ -365,10 +381,13 @@ class TrainerWorker:
                     answer=item.answer,
                     text=item.text,
                     held_out=item.held_out,
+                    source=item.source,
+                    rejected=item.rejected,
                 )
-                for item in generation.items
+                for item in checked
             ]
         items = [row for document_rows in rows.values() for row in document_rows]
+        kept = sum(row.rejected is None for row in items)
         queue.store_generated(
             self.db,
             job.id,
@@ -377,14 +396,19 @@ class TrainerWorker:
             generator=generator.name,
             texts=len(texts),
             generated=len(items),
+            kept=kept,
+            rejected=len(items) - kept,
             fallbacks=len(fallbacks),
             fallback_reason=fallbacks[0] if fallbacks else None,
+            # Texts learned as raw text alone: no question about them passed its check.
+            texts_without_questions=unusable,
         )
         log.info(
-            "job %s augmented %d texts into %d items with %s (%d fell back to rules%s)",
+            "job %s augmented %d texts into %d items (%d kept) with %s (%d fell back to rules%s)",
             job.id,
             len(texts),
             len(items),
+            kept,
             generator.name,
             len(fallbacks),
             f": {fallbacks[0]}" if fallbacks else "",
@@ -402,6 +426,20 @@ class TrainerWorker:
                 self.settings.augment_endpoint_timeout,
             )
         return RuleBasedGenerator()
+
+
+def _read_back(model: Any, tokenizer: Any) -> ReadBack:
+    """The base model answering each question with its passage in the prompt, as mode rag
+    asks it: the round trip that checks a generated question."""
+
+    def read(pairs: Any) -> list[str]:
+        requests = [
+            (question_ids(tokenizer, with_context(context_block([passage]), question)), 32)
+            for passage, question in pairs
+        ]
+        return greedy_replies(model, tokenizer, requests)
+
+    return read
 
 
 def _return_freed_memory() -> None:

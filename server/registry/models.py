@@ -149,6 +149,9 @@ class GeneratedItem(Base):
     text: Mapped[str | None] = mapped_column(Text)
     # A recall probe in other words, never trained on.
     held_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The sentence it was read from, and why its check turned it down (None: it is used).
+    source: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

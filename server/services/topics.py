@@ -95,6 +95,9 @@ class TopicService:
                         "answer": g.answer,
                         "text": g.text,
                         "held_out": g.held_out,
+                        "source": g.source,
+                        "kept": g.rejected is None,
+                        "rejected": g.rejected,
                     }
                     for g in topic.generated
                 ],

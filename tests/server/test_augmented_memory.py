@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from server import Settings
 from tests.helpers import free_port, running_app, wait_job
+from trainer_worker import worker
 
 FAST = {"steps": 4, "learning_rate": 0.01, "dropout": 0.0}
 TEXT = "The capital of Zorbia is Quenta. Acme Corp was founded in 1987 by Lena Holt."
@@ -26,28 +27,57 @@ async def _events(client: httpx.AsyncClient, job_id: str, kind: str) -> list[dic
     return [e["data"] for e in events if e["kind"] == kind]
 
 
-async def test_texts_become_qa_rewrites_and_held_out_probes(client: httpx.AsyncClient) -> None:
+def _reader_that_repeats_the_passage(model: object, tokenizer: object) -> object:
+    """A base model that answers every question with its passage: every answer in the text
+    passes the round trip, so the items' way through the job can be followed."""
+    return lambda pairs: [passage for passage, _ in pairs]
+
+
+async def test_texts_become_checked_qa_rewrites_and_held_out_probes(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "_read_back", _reader_that_repeats_the_passage)
     job = await _memorize(client, text=TEXT, options=FAST)
     assert job["status"] == "succeeded", job
     [augmented] = await _events(client, job["id"], "augmented")
     assert augmented["generator"] == "rules" and augmented["fallbacks"] == 0
-    [succeeded] = await _events(client, job["id"], "succeeded")
-    # Recall is measured on the 3 held-out questions; the 6 trained ones are reported beside.
-    [module] = succeeded["modules"]
-    assert succeeded["probes"] == 3 and 0 <= module["recall_trained"] <= 1
-
     detail = (await client.get("/admin/topics/notes")).json()
     generated = detail["generated"]
-    assert augmented["generated"] == len(generated) == 11  # 9 questions, 2 rewrites
-    assert {g["kind"] for g in generated} == {"qa", "rewrite"}
-    assert sum(g["held_out"] for g in generated) == 3
+    assert augmented["generated"] == len(generated) == augmented["kept"]
+    assert {g["kind"] for g in generated} == {"qa"}
     assert {g["document_id"] for g in generated} == {detail["documents"][0]["id"]}
+    assert all(g["source"] in TEXT and g["kept"] and g["rejected"] is None for g in generated)
+    # Recall is measured on one held-out phrasing of each fact; the trained ones beside it.
+    held_out = sum(g["held_out"] for g in generated)
+    [succeeded] = await _events(client, job["id"], "succeeded")
+    [module] = succeeded["modules"]
+    assert succeeded["probes"] == held_out >= 4 and 0 <= module["recall_trained"] <= 1
 
     # More knowledge: only the new text goes to the generator; the old items are kept.
     second = await _memorize(client, documents=[MORE], options=FAST)
     [augmented] = await _events(client, second["id"], "augmented")
-    assert augmented["texts"] == 1 and augmented["generated"] == 3
-    assert len((await client.get("/admin/topics/notes")).json()["generated"]) == 14
+    assert augmented["texts"] == 1 and augmented["generated"] == 4
+    assert len((await client.get("/admin/topics/notes")).json()["generated"]) == len(generated) + 4
+
+
+async def test_questions_the_base_model_cannot_read_back_are_rejected_with_the_reason(
+    client: httpx.AsyncClient,
+) -> None:
+    # The tiny model answers nothing with the passage in front of it: every question fails its
+    # round trip, the text is learned alone, and recall is measured on its own sentences.
+    job = await _memorize(client, text=TEXT, options=FAST)
+    assert job["status"] == "succeeded", job
+    [augmented] = await _events(client, job["id"], "augmented")
+    assert augmented["kept"] == 0 and augmented["rejected"] == augmented["generated"] > 0
+    document = (await client.get("/admin/topics/notes")).json()["documents"][0]["id"]
+    assert augmented["texts_without_questions"] == [document]
+    generated = (await client.get("/admin/topics/notes")).json()["generated"]
+    assert all(not g["kept"] for g in generated)
+    assert all(
+        g["rejected"].startswith("reading the passage, the base model answered") for g in generated
+    )
+    [succeeded] = await _events(client, job["id"], "succeeded")
+    assert succeeded["probes"] == 2 and succeeded["modules"][0]["recall_trained"] is None
 
 
 async def test_augment_none_trains_on_the_original_text_only(client: httpx.AsyncClient) -> None:
@@ -116,7 +146,7 @@ async def test_forgetting_removes_the_generated_data(
 ) -> None:
     await _memorize(client, text=TEXT, options=FAST)
     forgotten = (await client.delete("/admin/topics/notes")).json()
-    assert forgotten["generated"] == 11 and forgotten["documents"] == 1
+    assert forgotten["generated"] > 0 and forgotten["documents"] == 1
     engine = sa.create_engine(settings.resolved_database_url)
     with engine.connect() as connection:
         for table in ("generated_items", "documents", "adapter_versions", "jobs"):

@@ -10,6 +10,7 @@ from trainer_worker.augmentation.base import (
     Generation,
     GeneratorError,
 )
+from trainer_worker.augmentation.checking import ReadBack, check_items
 from trainer_worker.augmentation.rules import RuleBasedGenerator
 from trainer_worker.augmentation.written import (
     EndpointGenerator,
@@ -23,8 +24,10 @@ __all__ = [
     "GeneratedItem",
     "Generation",
     "GeneratorError",
+    "ReadBack",
     "RuleBasedGenerator",
     "ServedModelGenerator",
+    "check_items",
     "generate_with_fallback",
     "parse_written",
 ]

@@ -22,6 +22,10 @@ class GeneratedItem:
     text: str | None = None
     # Not trained on: a probe that asks a fact in other words than any training item.
     held_out: bool = False
+    # The sentence it was read from: what its check gives the model to read.
+    source: str | None = None
+    # Why a check turned it down (see `checking`); None for an item that is used.
+    rejected: str | None = None
 
 
 @dataclass

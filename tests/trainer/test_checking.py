@@ -1,0 +1,102 @@
+"""Checks on generated items: the round trip through a reader of the passage, answers the text
+does not give, restatements that drop or invent facts (a fake reader; the real base model reads
+in the worker's tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from server.base_model import load_causal_lm, resolve_base_model
+from server.config import Settings
+from tests.trainer.test_augmentation import BAKERY
+from trainer_worker import worker
+from trainer_worker.augmentation import GeneratedItem, RuleBasedGenerator, check_items
+from trainer_worker.augmentation.checking import consistent
+
+TEXT = (
+    "Kelda Looms was started in 1962 by two sisters. It now employs forty-two people. "
+    "The firm moved to an old granary beside the river Lusk."
+)
+
+
+def _answering(replies: dict[str, str]) -> tuple[list[tuple[str, str]], object]:
+    asked: list[tuple[str, str]] = []
+
+    def read(pairs: Sequence[tuple[str, str]]) -> list[str]:
+        asked.extend(pairs)
+        return [replies.get(question, "I do not know.") for _, question in pairs]
+
+    return asked, read
+
+
+def _qa(question: str, answer: str, source: str) -> GeneratedItem:
+    return GeneratedItem("qa", question=question, answer=answer, source=source)
+
+
+def test_a_question_is_kept_only_when_the_passage_answers_it() -> None:
+    started = _qa("When was Kelda Looms started?", "1962", TEXT.split(". ")[0] + ".")
+    staff = _qa("How many people does Kelda Looms employ?", "forty-two", "It now employs ...")
+    asked, read = _answering({"When was Kelda Looms started?": "It was started in 1962."})
+    checked = check_items([started, staff], TEXT, read)  # type: ignore[arg-type]
+    assert checked[0].rejected is None
+    assert checked[1].rejected == "reading the passage, the base model answered 'I do not know.'"
+    # The reader saw the item's own sentence as its passage.
+    assert asked[0] == ("Kelda Looms was started in 1962 by two sisters.", started.question)
+
+
+def test_answers_the_text_does_not_give_are_rejected_without_asking() -> None:
+    invented = _qa("Who founded Kelda Looms?", "Olaf the Tall", "Kelda Looms was started")
+    clause = _qa("What happened?", " ".join(["word"] * 13), "")
+    same = _qa("When was Kelda Looms started?", "1962", "")
+    asked, read = _answering({"When was Kelda Looms started?": "1962"})
+    checked = check_items([invented, clause, same, same], TEXT, read)  # type: ignore[arg-type]
+    assert [c.rejected for c in checked] == [
+        "the answer is not in the text",
+        "the answer is longer than 12 words: a clause, not a fact",
+        None,
+        "the same question was written before",
+    ]
+    assert len(asked) == 1
+
+
+def test_restatements_keep_the_facts_of_their_sentence() -> None:
+    source = "It now employs forty-two people."
+    kept = GeneratedItem("rewrite", text="Kelda Looms now employs forty-two people.", source=source)
+    dropped = GeneratedItem("rewrite", text="Kelda Looms has staff.", source=TEXT.split(". ")[0])
+    invented = GeneratedItem("summary", text="Kelda Looms, founded by Olaf in 1962, weaves.")
+    _, read = _answering({})
+    checked = check_items([kept, dropped, invented], TEXT, read)  # type: ignore[arg-type]
+    assert checked[0].rejected is None
+    assert checked[1].rejected == "the rewrite drops '1962' from its sentence"
+    assert checked[2].rejected == "'Olaf' is not in the text"
+
+
+def test_consistency_reads_the_answer_in_a_sentence_and_small_numbers_either_way() -> None:
+    assert consistent("eleven years", "She spent 11 years at sea.")
+    assert consistent("about 30", "30 people")
+    assert consistent("the original looms", "The looms.")
+    assert not consistent("1974", "The firm moved to an old granary.")
+    assert not consistent("Idris Kell", "")
+
+
+@pytest.mark.slow
+def test_the_default_model_reads_back_what_the_parser_asked(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The worker's real round trip: the default model, the issue's paragraph, the rules."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("default-model"))
+    model, tokenizer = load_causal_lm(resolve_base_model(settings), "cpu")
+    items = RuleBasedGenerator().generate(BAKERY)
+    checked = check_items(items, BAKERY, worker._read_back(model, tokenizer))
+    questions = [c for c in checked if c.kind == "qa"]
+    kept = [c for c in questions if c.rejected is None]
+    # The model reads some questions back and not others; each refusal says what it answered.
+    assert len(questions) // 4 <= len(kept) < len(questions)
+    assert all(
+        c.rejected.startswith("reading the passage, the base model answered '")
+        for c in questions
+        if c.rejected is not None
+    )
+    assert {c.answer for c in kept} & {"1994", "Owen Carrick", "Mill Street", "about 30"}
