@@ -99,15 +99,18 @@ def lora_config(options: TrainingOptions) -> LoraConfig:
     )
 
 
-def stops_when_learned(options: TrainingOptions, examples: Sequence[TrainingExample]) -> bool:
-    # Only answers can be checked exactly; a text's language modelling never is.
-    return options.stop_when_learned and all(
-        example.labels[0] == IGNORE_INDEX for example in examples
-    )
+def answer_examples(examples: Sequence[TrainingExample]) -> list[int]:
+    """The examples whose loss is an answer: only answers can be checked exactly, a text's
+    language modelling never is."""
+    return [i for i, example in enumerate(examples) if example.labels[0] == IGNORE_INDEX]
 
 
 def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -> int:
-    return options.total_steps(len(examples), stops_when_learned(options, examples))
+    # Only a job of answers alone is sure to stop early: its budget is an upper bound. A text
+    # with questions about it may stop early too, once every answer is exact, within the usual
+    # budget (the text itself is learned over the same steps).
+    only_answers = options.stop_when_learned and len(answer_examples(examples)) == len(examples)
+    return options.total_steps(len(examples), only_answers)
 
 
 class _Steps:
@@ -155,9 +158,9 @@ class _Steps:
         return 1 - self.real / self.padded if self.padded else 0.0
 
 
-def _learned(steps: _Steps, batch_size: int) -> bool:
+def _learned(steps: _Steps, answers: Sequence[int], batch_size: int) -> bool:
     """Every answer exact, without dropout, on the current weights."""
-    by_length = sorted(range(len(steps.examples)), key=lambda i: len(steps.examples[i].input_ids))
+    by_length = sorted(answers, key=lambda i: len(steps.examples[i].input_ids))
     steps.model.eval()
     try:
         with torch.no_grad():
@@ -189,7 +192,8 @@ def train_lora(
         )
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    stop_when_learned = stops_when_learned(options, examples)
+    answers = answer_examples(examples)
+    stop_when_learned = options.stop_when_learned and bool(answers)
     total_steps = step_budget(options, examples)
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(
@@ -198,27 +202,26 @@ def train_lora(
     batch_size = min(options.batch_size, len(examples))
     batches = length_grouped_batches(examples, batch_size, options.seed)
     steps = _Steps(peft_model, examples, pad_id, plan)
-    exact = [False] * len(examples)
+    exact = dict.fromkeys(answers, False)
     started = time.monotonic()
     try:
         for step in range(1, total_steps + 1):
             loss, rows = steps.run(next(batches), backward=True)
-            for index, right in rows.items():
-                exact[index] = right
+            exact.update((index, right) for index, right in rows.items() if index in exact)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             if on_step is not None:
                 on_step(step, total_steps, loss)
-            if stop_when_learned and all(exact):
-                if _learned(steps, batch_size):
+            if stop_when_learned and all(exact.values()):
+                if _learned(steps, answers, batch_size):
                     break
-                exact = [False] * len(examples)
+                exact = dict.fromkeys(answers, False)
     finally:
         if plan.checkpointing:
             peft_model.gradient_checkpointing_disable()
-    learned = stop_when_learned and all(exact)
+    learned = stop_when_learned and all(exact.values())
     log.info(
         "trained %d of %d steps on %d examples in %.1fs (%s, micro-batches of <= %d tokens%s, "
         "padding %.0f%%)%s",

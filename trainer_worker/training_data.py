@@ -22,9 +22,6 @@ from server.retrieval.index import pack_sentences, split_sentences, text_passage
 from trainer_worker.augmentation import GeneratedItem
 from trainer_worker.batching import IGNORE_INDEX, TrainingExample
 
-# Passages of a text put into the prompt of its context-aware examples (the server's default
-# number of retrieved passages).
-CONTEXT_PASSAGES = 3
 MAX_CHUNK_TOKENS = 192
 
 
@@ -91,9 +88,9 @@ def build_training_set(
         completions = add_text(item.text)
         generated = [g for g in item.generated if augment != "none" and g.rejected is None]
         held_out, trained = [], []
-        # "mix" also teaches each question with the text's passages in the prompt, as modes
-        # rag and hybrid ask it: without that, an adapter asked with notes misreads them.
-        notes = context_block(text_passages(item.text)[:CONTEXT_PASSAGES])
+        # "mix" also teaches each question with the passage it was read from in the prompt, as
+        # modes rag and hybrid ask it: without that, an adapter asked with notes misreads them.
+        passages = text_passages(item.text)
         for g in generated:
             if g.kind == "qa" and g.question and g.answer:
                 if g.held_out:
@@ -101,12 +98,19 @@ def build_training_set(
                 else:
                     trained.append(add_qa(g.question, g.answer))
                     if augment == "mix":
-                        add_qa(g.question, g.answer, notes)
+                        add_qa(g.question, g.answer, context_block([_passage_of(g, passages)]))
             elif g.text and augment == "mix":
                 add_text(g.text)
         trained_probes.extend(trained)
         probes.extend(held_out or trained or completions)
     return TrainingSet(examples, probes, trained_probes)
+
+
+def _passage_of(item: GeneratedItem, passages: list[str]) -> str:
+    """The passage that holds the sentence the item was read from (what retrieval finds for
+    it); the text's first passage when the item names none."""
+    source = " ".join((item.source or "").split())
+    return next((p for p in passages if source and source in " ".join(p.split())), passages[0])
 
 
 def _text_ids(tokenizer: Any, text: str) -> list[int]:

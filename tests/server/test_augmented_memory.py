@@ -80,6 +80,16 @@ async def test_questions_the_base_model_cannot_read_back_are_rejected_with_the_r
     assert succeeded["probes"] == 2 and succeeded["modules"][0]["recall_trained"] is None
 
 
+async def test_text_a_parser_can_use_nothing_of_trains_as_raw_text_and_says_so(
+    client: httpx.AsyncClient,
+) -> None:
+    job = await _memorize(client, text="3 14 15 92 65 35 89 79 32 38 46 26 43", options=FAST)
+    assert job["status"] == "succeeded", job
+    [augmented] = await _events(client, job["id"], "augmented")
+    assert augmented["generated"] == 0 and len(augmented["texts_without_questions"]) == 1
+    assert (await client.get("/admin/topics/notes")).json()["generated"] == []
+
+
 async def test_augment_none_trains_on_the_original_text_only(client: httpx.AsyncClient) -> None:
     job = await _memorize(client, text=TEXT, options={**FAST, "augment": "none"})
     assert job["status"] == "succeeded"

@@ -42,8 +42,7 @@ def test_rules_ask_every_fact_in_several_words_and_hold_one_out() -> None:
         ("What is the name of the parrot?", "Ozzy"),
     } <= trained
     # One phrasing of each fact is never trained on: recall on it is recall in other words.
-    answers = [answer for _, answer in held_out]
-    assert sorted(answers) == sorted({answer for _, answer in trained})
+    assert {answer for _, answer in held_out} == {answer for _, answer in trained}
     assert not held_out & trained
     assert all(i.source is not None and i.source in FACTS for i in items)
 

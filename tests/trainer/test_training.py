@@ -8,6 +8,7 @@ import pytest
 
 from server.base_model import load_causal_lm
 from server.prompting import question_ids
+from trainer_worker.augmentation import GeneratedItem
 from trainer_worker.lora_trainer import train_lora
 from trainer_worker.options import TrainingOptions
 from trainer_worker.recall import measure_recall
@@ -100,6 +101,21 @@ def test_qa_training_stops_once_every_answer_is_exact(
     )
     assert measure_recall(trained, tokenizer, data.probes) == 1.0
     assert (steps[-1] < 150) == stop_when_learned
+
+
+def test_a_text_with_questions_stops_once_its_answers_are_exact(tiny_model_dir: Path) -> None:
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    question = GeneratedItem("qa", question="Whose pet is Quiggle?", answer="Zorblax's")
+    text = Knowledge(text="Quiggle is the pet of Zorblax.", generated=(question,))
+    data = build_training_set(tokenizer, [text], augment="qa")
+    steps: list[int] = []
+    options = TrainingOptions(rank=8, learning_rate=1e-2, steps=150, dropout=0.0)
+    trained = train_lora(
+        model, tokenizer.pad_token_id, data.examples, options, lambda s, t, _: steps.append(s)
+    )
+    # The text's own sentence is never exact; its question's answer is, and that ends the job.
+    assert steps[-1] < 150
+    assert measure_recall(trained, tokenizer, data.trained_probes) == 1.0
 
 
 def test_texts_train_the_whole_budget(tiny_model_dir: Path) -> None:

@@ -140,11 +140,24 @@ def _words(tokens: Iterable[Any]) -> str:
     return " ".join("".join(parts).split())
 
 
+def _is_apposition(token: Any) -> bool:
+    """An apposition, or a name the parser took for a conjunct: 'a small launch, the Heron,'."""
+    if token.dep_ == "appos":
+        return True
+    return (
+        token.dep_ == "conj"
+        and token.tag_ == "NNP"
+        and token.left_edge.i > 0
+        and token.doc[token.left_edge.i - 1].text == ","
+        and not any(c.dep_ == "cc" for c in token.head.children)
+    )
+
+
 def _named_apposition(head: Any) -> Any | None:
     """The name a noun phrase gives its head: 'Its founder, Ilse Maranova,' or 'a sailor named
     Owen Carrick'."""
     for child in head.children:
-        if child.dep_ == "appos" or (child.dep_ in ("acl", "relcl") and child.lemma_ in _NAMING):
+        if _is_apposition(child) or (child.dep_ in ("acl", "relcl") and child.lemma_ in _NAMING):
             for token in child.subtree:
                 entity = _name_of(token)
                 if entity is not None and entity.label_ in _NAMED_ENTITIES:
@@ -217,12 +230,10 @@ class _Reader:
         for token in sentence:
             if token.dep_ in _CLAUSE_DEPS and token.pos_ in ("VERB", "AUX"):
                 facts.extend(self._clause(token))
-            if token.dep_ == "appos" or (
+            if _is_apposition(token) or (
                 token.dep_ in ("acl", "relcl") and token.lemma_ in _NAMING
             ):
-                fact = self._naming(token)
-                if fact is not None:
-                    facts.append(fact)
+                facts.extend(self._naming(token))
         rewrite = self._resolved(sentence)
         self._remember(sentence)
         return facts, rewrite
@@ -261,31 +272,58 @@ class _Reader:
             description = complement if verb.lemma_ == "be" else appositive
             self.referents.note(entity, description)
 
-    def _naming(self, token: Any) -> _Fact | None:
-        """'a sailor named Owen Carrick' and 'Its founder, Ilse Maranova,': who is the sailor?"""
-        if token.dep_ != "appos":
+    def _naming(self, token: Any) -> list[_Fact]:
+        """'a sailor named Owen Carrick', 'Its founder, Ilse Maranova,': what is the sailor's
+        name? And 'Tomas Reyd, a local boatbuilder,' the other way: who is Tomas Reyd?"""
+        if _is_apposition(token):
+            named, described = token, token.head
+        else:
             named = next((c for c in token.children if c.dep_ in ("oprd", "attr", "dobj")), None)
             described = token.head
-        else:
-            named, described = token, token.head
-        if named is None or described.tag_ not in ("NN", "NNP"):
-            return None
-        entity = _name_of(named)
-        if entity is None or entity.label_ not in _NAMED_ENTITIES or _name_of(described):
-            return None
+        if named is None:
+            return []
+        verb = "was" if _past(token.sent) else "is"
+        entity, described_entity = _name_of(named), _name_of(described)
+        if described_entity is not None and entity is None and named.pos_ == "NOUN":
+            return self._description_of(described_entity, named, verb)
+        if entity is None or entity.label_ not in _NAMED_ENTITIES or described_entity:
+            return []
+        if described.tag_ not in ("NN", "NNP"):
+            return []
         skip = frozenset(t.i for t in named.subtree) | frozenset(t.i for t in token.subtree)
         description = self.phrase(described, skip, by_name=False)
         if description is None:
-            return None
+            return []
         description = _definite(description)
-        verb = "was" if _past(described.sent) else "is"
-        return _Fact(
-            "What",
-            entity.text,
-            f"{verb} the name of {description}",
-            f"the name of {description} {verb}",
-            others=(f"What {verb} {description} called?",),
-        )
+        facts = [
+            _Fact(
+                "What",
+                entity.text,
+                f"{verb} the name of {description}",
+                f"the name of {description} {verb}",
+                others=(f"What {verb} {description} called?",),
+            )
+        ]
+        if token.dep_ != "appos" or described.pos_ != "NOUN":
+            return facts
+        return facts + self._description_of(entity, described, verb, skip)
+
+    def _description_of(
+        self, entity: Any, noun: Any, verb: str, skip: frozenset[int] = frozenset()
+    ) -> list[_Fact]:
+        """'Tomas Reyd, a local boatbuilder': who was Tomas Reyd? A local boatbuilder."""
+        words = [
+            t
+            for t in noun.subtree
+            if t.i not in skip
+            and t.i not in range(entity.start, entity.end)
+            and not _inside(t, noun, ("relcl", "appos", "acl", "conj", "cc"))
+        ]
+        said = self._said(_trimmed(words), entity.text)
+        if said is None or not 1 <= len(said) <= MAX_ANSWER_WORDS:
+            return []
+        wh = "Who" if entity.label_ == "PERSON" else "What"
+        return [_Fact(wh, _tidy(" ".join(said)), f"{verb} {entity.text}", f"{entity.text} {verb}")]
 
     def _clause(self, verb: Any) -> list[_Fact]:
         subject = _subject(verb)
@@ -298,8 +336,10 @@ class _Reader:
             and not any(c.dep_ == "dobj" for c in verb.children)
         ):
             return []  # "the rye he called Anchor": what it says is about the noun outside it
-        if relative and subject.lower_ == "who" and _name_of(verb.head) is None:
-            return []  # "who" after a noun that is not a name: the parser's guess is not enough
+        head_name = _name_of(verb.head)
+        person = head_name is not None and head_name.label_ == "PERSON"
+        if relative and person != (subject.lower_ == "who") and subject.lower_ != "that":
+            return []  # "who" after a thing, "which" after a person: the parser's guess is off
         said = self.phrase(verb.head) if relative else self.phrase(subject)
         if said is None:
             return []
@@ -448,7 +488,8 @@ def _answers(
         if (
             child.dep_ in ("dobj", "attr")
             and child.pos_ == "NOUN"
-            and not any(t.ent_type_ for t in child.subtree)
+            and not _name_of(child)
+            and not (child.dep_ == "attr" and _name_of(subject) is None)
         ):
             chunk = [
                 t
@@ -460,6 +501,7 @@ def _answers(
                 removed = {t.i for t in child.subtree}
                 yield answer, "What", None, removed, None
     yield from _place_phrases(verb, in_body)
+    yield from _prepositional_objects(verb, seen)
 
 
 def _place_phrases(
@@ -476,6 +518,25 @@ def _place_phrases(
         if len(answer.split()) <= MAX_ANSWER_WORDS:
             removed = {t.i for t in preposition.subtree if t.i in in_body}
             yield answer, "Where", None, removed, None
+
+
+def _prepositional_objects(
+    verb: Any, asked: set[int]
+) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+    """'is written in Rust', 'paid for a security audit': what is it written in?"""
+    for preposition in verb.children:
+        if preposition.dep_ != "prep" or preposition.lower_ in _MOTION_PREPOSITIONS | {"of"}:
+            continue
+        thing = next((c for c in preposition.children if c.dep_ == "pobj"), None)
+        if thing is None or thing.i in asked or _name_of(thing) is not None:
+            continue
+        if thing.pos_ != "PROPN" and (
+            thing.pos_ != "NOUN" or preposition.lower_ in ("in", "on", "at")
+        ):
+            continue  # a common noun after in / on / at is a time or a place as often as a thing
+        answer = _words(t for t in thing.subtree if not _inside(t, thing, ("relcl", "acl", "prep")))
+        if 0 < len(answer.split()) <= MAX_ANSWER_WORDS:
+            yield answer, "What", None, {t.i for t in preposition.subtree}, preposition.text
 
 
 def _entity_question(
@@ -570,9 +631,11 @@ def _governing_preposition(token: Any) -> Any | None:
 
 def _subject(verb: Any) -> Any | None:
     while True:
-        subject = next((c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")), None)
-        if subject is not None:
-            return subject
+        subjects = [c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")]
+        # "A local boatbuilder, Tomas Reyd, left": the parser's two subjects are one.
+        named = [s for s in subjects if _name_of(s) is not None]
+        if subjects:
+            return named[0] if len(subjects) > 1 and named else subjects[0]
         if verb.dep_ != "conj":
             return None
         verb = verb.head
@@ -582,6 +645,9 @@ def _clause_body(verb: Any, subject: Any) -> list[Any]:
     """The clause's own words, without its subject and the other clauses joined to it."""
     dropped = {t.i for t in subject.subtree} if subject.head == verb else set()
     for child in verb.children:
+        if child.dep_ in ("nsubj", "nsubjpass"):
+            dropped.update(t.i for t in child.subtree)
+    for child in verb.children:
         if child.dep_ in _OTHER_CLAUSE or (child.dep_ in ("aux", "auxpass") and child.i < verb.i):
             dropped.update(t.i for t in child.subtree)
         if child.dep_ == "advmod" and (child.tag_ == "WRB" or child.lower_ in _CONNECTIVES):
@@ -589,7 +655,11 @@ def _clause_body(verb: Any, subject: Any) -> list[Any]:
     body = [t for t in verb.subtree if t.i not in dropped and not _inside_dropped(t, verb)]
     # "After ten years the bakery had outgrown the shop": the adjunct goes to the question's end.
     fronted = [t for t in body if t.i < subject.left_edge.i]
-    if fronted and fronted[0].i == fronted[0].sent.start and not fronted[0].ent_type_:
+    if (
+        fronted
+        and fronted[0].i == fronted[0].sent.start
+        and fronted[0].ent_type_ in ("", "DATE", "TIME")
+    ):
         fronted[0] = _Lowered(fronted[0])
     body = [t for t in body if t.i >= subject.left_edge.i] + fronted
     return body
