@@ -77,6 +77,22 @@ def test_rules_read_prose_as_a_parser_does() -> None:
     }
 
 
+def test_rules_ask_appositions_both_ways() -> None:
+    text = (
+        "The Orla Press was founded by Hal Imre, a printer from Dorsey. "
+        "The press keeps a small boat, the Tansy, on the canal."
+    )
+    trained = _qa(RuleBasedGenerator().generate(text), False)
+    assert {
+        ("Who founded The Orla Press?", "Hal Imre"),
+        ("Who was Hal Imre?", "a printer from Dorsey"),
+        ("What is the name of the small boat?", "Tansy"),
+        ("What is Tansy?", "a small boat"),
+        # "the press" is the Orla Press, named before.
+        ("What does The Orla Press keep on the canal?", "a small boat"),
+    } <= trained
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -73,7 +73,7 @@ def check_items(
         if reason is None and item.kind == "qa":
             asked.append(len(checked) - 1)
     replies = read_back(
-        [(_passage_of(checked[i], sentences), checked[i].question or "") for i in asked]
+        [(_sentence_window(checked[i], sentences), checked[i].question or "") for i in asked]
     )
     for index, reply in zip(asked, replies, strict=True):
         item = checked[index]
@@ -123,7 +123,7 @@ def _fact_words(text: str) -> set[str]:
     return words
 
 
-def _passage_of(item: GeneratedItem, sentences: list[str]) -> str:
+def _sentence_window(item: GeneratedItem, sentences: list[str]) -> str:
     """The item's sentence and the one before it (which a pronoun in it may need), or the text's
     opening when the item names no sentence."""
     source = " ".join((item.source or "").split())
