@@ -348,9 +348,7 @@ class _Reader:
         facts: list[_Fact] = []
         for answer, wh, alternative, removed, stranded in _answers(verb, subject, body):
             rest = _trimmed([t for t in body if t.i not in removed])
-            fact = self._question(
-                verb, said, auxiliaries, rest, answer, wh, alternative, stranded, subject
-            )
+            fact = self._question(verb, said, auxiliaries, rest, answer, wh, alternative, stranded)
             if fact is not None:
                 facts.append(fact)
         active = self._active(verb, said, auxiliaries, body)
@@ -394,7 +392,6 @@ class _Reader:
         wh: str,
         alternative: str | None,
         stranded: str | None,
-        subject_token: Any,
     ) -> _Fact | None:
         words = self._said(rest, subject)
         if words is None:
@@ -443,25 +440,17 @@ class _Reader:
         return words
 
     def _resolved(self, sentence: Any) -> str | None:
-        """The sentence with its pronouns replaced by what they stand for, when it had any."""
-        words, changed = [], False
-        for token in sentence:
-            replacement = None
-            # Only the subject that opens a sentence: deeper pronouns are too often someone else.
-            opening = token.i == sentence.start or (
-                token.dep_ == "poss"
-                and token.head.dep_ in ("nsubj", "nsubjpass")
-                and token.i == sentence.start
-            )
-            if opening and token.pos_ == "PRON" and token.lower_ in _PERSONAL | _NEUTER:
-                owner = self.referents.pronoun(token.lower_)
-                if owner is None:
-                    return None
-                replacement = f"{owner}'s" if token.dep_ == "poss" else owner
-            words.append((replacement or token.text) + token.whitespace_)
-            changed |= replacement is not None
-        text = " ".join("".join(words).split())
-        return text[0].upper() + text[1:] if changed and text else None
+        """The sentence with its opening pronoun replaced by the name it stands for (deeper
+        pronouns are too often someone else); None when it opens otherwise."""
+        first = sentence[0]
+        if first.pos_ != "PRON" or first.lower_ not in _PERSONAL | _NEUTER:
+            return None
+        owner = self.referents.pronoun(first.lower_)
+        if owner is None:
+            return None
+        name = f"{owner}'s" if first.dep_ == "poss" else owner
+        text = " ".join((name + sentence.text[len(first.text) :]).split())
+        return text[0].upper() + text[1:]
 
 
 def _answers(
