@@ -1,9 +1,11 @@
 """What the memory recalls, through the HTTP API of a real `loramem serve` on the default model:
 the paper's experiments at this project's scale.
 
-    .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact,modules,prose]
+    .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact,modules,prose,
+                                             prose-modules]
                                      [--loads 1K,2K,4K,8K] [--ranks 4,8,16,32]
                                      [--sectors 4] [--entries 24] [--module-rank 4]
+                                     [--module-parts oracle,split,single]
                                      [--articles harbor_clinic,quillmark,...]
 
 - phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, each in one module
@@ -18,13 +20,17 @@ the paper's experiments at this project's scale.
 - modules: the paper's multi-module setting on the first entries of a few 128K sectors, in a
   server whose module capacity is one sector at the small rank: each sector its own topic asked
   with oracle routing and with `topic: "auto"`; all sectors in one topic that the server splits
-  into modules, answered by the top-1 module or the TIES merge of the top 3; and one module of
-  the same parameter budget (rank x sectors) holding everything.
+  into modules, answered by the top-1 module or the top 2 and top 3 composed by each method
+  (sum, weighted, ties), with the mean latency of a request; and one module of the same
+  parameter budget (rank x sectors) holding everything.
 - prose: the hand-written articles and documents of bench/data/prose, each memorized as its own
   topic with the defaults, asked the questions of questions.json (worded otherwise than the text)
   in modes base, rag, lora and hybrid and with `topic: "auto"`; per text and overall, with each
   job's time, its own recall, the generated items kept and rejected, and the server's peak
   memory (VmHWM) during the job.
+- prose-modules: the articles' paragraphs as the documents of one topic, one module each, where
+  routing among modules misses: oracle (each paragraph's own topic), top-1, and the top 2 and
+  top 3 composed by each method.
 
 Writes bench/results/recall.json and recall_*.png. The full grid takes hours on 2 CPU cores;
 `--loads 1K --ranks 8` takes a few minutes.
@@ -245,7 +251,42 @@ def counterfact(server: Server, statements: int) -> dict[str, Any]:
     return result
 
 
-def multi_module(server: Server, sectors: list[list[dict[str, str]]], rank: int) -> dict[str, Any]:
+COMPOSE_METHODS = ("sum", "weighted", "ties")
+
+
+class Asked:
+    """Recall and mean request latency of one way of serving a set of questions."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.asked = 0
+        self.seconds = 0.0
+
+    def ask(self, server: Server, prompt: str, topic: str, tokens: int, **request: Any) -> dict:
+        started = time.perf_counter()
+        answer = server.ask(prompt, topic, "lora", tokens=tokens, **request)
+        self.seconds += time.perf_counter() - started
+        self.asked += 1
+        return answer
+
+    def record(self, result: dict[str, Any], name: str) -> None:
+        result[name] = self.hits / self.asked
+        result["seconds_per_request"][name] = self.seconds / self.asked
+        print(f"{name:32}: recall {result[name]:.1%}, {self.seconds / self.asked:.2f} s a request")
+
+
+def composed_ways(top_ks: tuple[int, ...] = (2, 3)) -> list[tuple[str, dict[str, Any]]]:
+    """Top-1, then each top-k with each composition method: (name, request fields)."""
+    return [("top-1", {"top_k": 1})] + [
+        (f"top-{k} {method}", {"top_k": k, "compose": method})
+        for k in top_ks
+        for method in COMPOSE_METHODS
+    ]
+
+
+def multi_module(
+    server: Server, sectors: list[list[dict[str, str]]], rank: int, parts: set[str]
+) -> dict[str, Any]:
     everything = [pair for sector in sectors for pair in sector]
     owner = {pair["question"]: f"sector-{i}" for i, sector in enumerate(sectors) for pair in sector}
     result: dict[str, Any] = {
@@ -254,6 +295,7 @@ def multi_module(server: Server, sectors: list[list[dict[str, str]]], rank: int)
         "rank": rank,
         "train_seconds": {},
         "steps": {},
+        "seconds_per_request": {},
     }
 
     def train(topic: str, qa: list[dict[str, str]], topic_rank: int) -> None:
@@ -264,30 +306,91 @@ def multi_module(server: Server, sectors: list[list[dict[str, str]]], rank: int)
     def recall(name: str, topic_of: Callable[[str], str], **request: Any) -> None:
         """Asks every question; the share recalled, and for `topic: "auto"` the share routed to
         the sector that holds the answer."""
-        hits, routed_right = 0, 0
+        asked, routed_right = Asked(), 0
         for pair in everything:
             question = pair["question"]
-            answer = server.ask(question, topic_of(question), "lora", tokens=16, **request)
-            hits += digits_match(pair["answer"], answer["text"])
+            answer = asked.ask(server, question, topic_of(question), 16, **request)
+            asked.hits += digits_match(pair["answer"], answer["text"])
             routed_right += answer["topic"] == owner[question]
-        result[name] = hits / len(everything)
-        print(f"multi-module, {name:28}: recall {result[name]:.1%}")
+        asked.record(result, name)
         if topic_of(question) == "auto":
             result["routing_accuracy"] = routed_right / len(everything)
             print(f"multi-module: routing picked the right sector for {routed_right} questions")
 
-    for i, sector in enumerate(sectors):
-        train(f"sector-{i}", sector, rank)
-    recall("oracle", owner.__getitem__)
-    recall("router (topic auto)", lambda question: "auto")
-    train("sectors", everything, rank)
-    result["modules_of_split_topic"] = len(
-        server.http.get("/admin/topics/sectors").json()["knowledge_modules"]
-    )
-    recall("split topic, top-1", lambda question: "sectors", top_k=1)
-    recall("split topic, top-3 TIES", lambda question: "sectors", top_k=3)
-    train("one-module", everything, rank * len(sectors))
-    recall(f"one module r{rank * len(sectors)}", lambda question: "one-module")
+    if "oracle" in parts:
+        for i, sector in enumerate(sectors):
+            train(f"sector-{i}", sector, rank)
+        recall("oracle", owner.__getitem__)
+        recall("router (topic auto)", lambda question: "auto")
+    if "split" in parts:
+        train("sectors", everything, rank)
+        result["modules_of_split_topic"] = len(
+            server.http.get("/admin/topics/sectors").json()["knowledge_modules"]
+        )
+        for name, request in composed_ways():
+            recall(f"split topic, {name}", lambda question: "sectors", **request)
+    if "single" in parts:
+        train("one-module", everything, rank * len(sectors))
+        recall(f"one module r{rank * len(sectors)}", lambda question: "one-module")
+    return result
+
+
+def prose_modules(server: Server, articles: list[str]) -> dict[str, Any]:
+    """Prose split into small modules, where the top-1 module is not always the right one.
+
+    Each paragraph of the articles is one document of one topic, in a server whose module
+    capacity is below a paragraph, so each paragraph is its own module; a question in other words
+    than the text is routed among them by the passages each learned. The oracle asks each
+    question of a topic holding only its paragraph, trained on the same data as that module.
+    """
+    questions = json.loads((PROSE / "questions.json").read_text())
+    paragraphs = [
+        (name, paragraph)
+        for name in articles
+        for paragraph in (PROSE / f"{name}.txt").read_text().split("\n\n")
+        if paragraph.strip()
+    ]
+    result: dict[str, Any] = {
+        "articles": articles,
+        "paragraphs": len(paragraphs),
+        "train_seconds": {},
+        "seconds_per_request": {},
+    }
+    for i, (_, paragraph) in enumerate(paragraphs):
+        result["train_seconds"][f"paragraph-{i}"] = server.memorize(
+            f"paragraph-{i}", text=paragraph
+        )["seconds"]
+    job = server.memorize("split-prose", documents=[paragraph for _, paragraph in paragraphs])
+    result["train_seconds"]["split-prose"] = job["seconds"]
+    documents = server.http.get("/admin/topics/split-prose").json()["documents"]
+    module_of = {d["text"]: d["module"] for d in documents}
+    asked_questions = []
+    for name in articles:
+        for question, accepted in questions[name]:
+            # The paragraph that holds the answer (the first, should several).
+            holding = [
+                i
+                for i, (article, paragraph) in enumerate(paragraphs)
+                if article == name and any(normalized(a) in normalized(paragraph) for a in accepted)
+            ]
+            if holding:
+                asked_questions.append((question, accepted, holding[0]))
+    result["questions"] = len(asked_questions)
+
+    def recall(name: str, topic_of: Callable[[int], str], **request: Any) -> None:
+        asked, routed_right = Asked(), 0
+        for question, accepted, paragraph in asked_questions:
+            answer = asked.ask(server, question, topic_of(paragraph), 32, **request)
+            asked.hits += any(normalized(a) in normalized(answer["text"]) for a in accepted)
+            routed_right += answer["adapters"][0]["module"] == module_of[paragraphs[paragraph][1]]
+        asked.record(result, name)
+        if name == "top-1":
+            result["top1_routing_accuracy"] = routed_right / len(asked_questions)
+            print(f"top-1 picked the paragraph's module for {routed_right} questions")
+
+    recall("oracle", lambda paragraph: f"paragraph-{paragraph}")
+    for name, request in composed_ways():
+        recall(name, lambda paragraph: "split-prose", **request)
     return result
 
 
@@ -410,6 +513,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--entries", type=int, default=24, help="PhoneBook entries a sector")
     parser.add_argument("--module-rank", type=int, default=4)
     parser.add_argument(
+        "--module-parts",
+        default="oracle,split,single",
+        help="for --only modules: separate sector topics (oracle, router), the split topic "
+        "(top-1 and composed top-k), one module holding everything",
+    )
+    parser.add_argument(
         "--articles",
         default=",".join(sorted(p.stem for p in PROSE.glob("*.txt"))),
         help="texts of bench/data/prose for --only prose",
@@ -438,11 +547,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sectors = [phonebook_qa(f"128K_sector_{i:02}")[: args.entries] for i in range(args.sectors)]
         tokens_per_rank = module_tokens_per_rank(sectors, args.module_rank)
         with loramem_server(module_tokens_per_rank=str(tokens_per_rank)) as server:
-            results["modules"] = multi_module(server, sectors, args.module_rank)
+            results["modules"] = multi_module(
+                server, sectors, args.module_rank, set(args.module_parts.split(","))
+            )
         results["modules"]["module_tokens_per_rank"] = tokens_per_rank
     if "prose" in only:
         with loramem_server() as server:
             results["prose"] = prose(server, args.articles.split(","))
+    if "prose-modules" in only:
+        # A module holds less than a paragraph: one module a paragraph.
+        with loramem_server(module_tokens_per_rank="1") as server:
+            results["prose_modules"] = prose_modules(server, args.articles.split(","))
     save("recall", results)
     plot(results)
     return results

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BASE_MODEL = "SmolLM2-135M-Instruct"
+ComposeMethod = Literal["sum", "weighted", "ties"]
 
 
 class Settings(BaseSettings):
@@ -63,9 +64,12 @@ class Settings(BaseSettings):
     retrieval: Literal["auto", "minilm", "bm25"] = "auto"
     route_min_score: float | None = Field(None, ge=0.0, le=1.0)
     rag_passages: int = Field(3, ge=1, le=32, description="passages put into a rag/hybrid prompt")
-    # A topic of several modules: how many of them answer a request (the best matches); more
-    # than one are composed by TIES merging, keeping `merge_density` of each module's update.
+    # A topic of several modules: how many of them answer a request (the best matches), and how
+    # more than one are composed (server/composition.py): their updates added (sum), added in
+    # proportion to their routing scores (weighted), or TIES-merged keeping `merge_density` of
+    # each update (ties). Modules past the engine's rank limit (max_lora_rank) are left out.
     route_top_k: int = Field(1, ge=1, le=8)
+    compose: ComposeMethod = "sum"
     merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.

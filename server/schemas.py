@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from server.config import ComposeMethod
 from trainer_worker.options import TrainingOptions
 
 TOPIC_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
@@ -126,7 +127,10 @@ class GenerateRequest(_Strict):
         False, description="generate exactly max_tokens, past the end of text (for benchmarks)"
     )
     top_k: int | None = Field(
-        None, ge=1, le=8, description="modules of the topic that answer (merged by TIES if > 1)"
+        None, ge=1, le=8, description="modules of the topic that answer (composed if > 1)"
+    )
+    compose: ComposeMethod | None = Field(
+        None, description="how more than one module is composed: sum, weighted or ties"
     )
     stream: bool = False
 

@@ -105,18 +105,24 @@ def make_adapter(
 
     store = tmp_path_factory.mktemp("adapter-store")
 
-    def make(seed: int, rank: int = 4, store_dir: Path = store) -> StoredAdapter:
+    def make(
+        seed: int,
+        rank: int = 4,
+        store_dir: Path = store,
+        targets: str | list[str] = "all-linear",
+    ) -> StoredAdapter:
         torch.manual_seed(seed)
         model, _ = load_causal_lm(tiny_model_dir)
         config = LoraConfig(
-            r=rank, lora_alpha=rank, target_modules="all-linear", init_lora_weights=False
+            r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False
         )
         peft_model = get_peft_model(model, config)
         with torch.no_grad():  # make the delta large enough to change greedy outputs
             for name, parameter in peft_model.named_parameters():
                 if "lora_B" in name:
                     parameter.mul_(50)
-        return save_adapter(peft_model, store_dir, "topic", f"seed{seed}-r{rank}")
+        layers = "" if isinstance(targets, str) else "-" + "-".join(targets)
+        return save_adapter(peft_model, store_dir, "topic", f"seed{seed}-r{rank}{layers}")
 
     make.store = store  # type: ignore[attr-defined]
     return make

@@ -18,7 +18,9 @@ from typing import Any
 class LoRAAdapter:
     """A verified adapter: `name` is unique per version, `lora_id` is vLLM's int id for it.
 
-    A pinned adapter is never evicted to make room for others (hot topics).
+    A pinned adapter is never evicted to make room for others (hot topics). A composition of
+    modules names its parts (their folders and weights): an engine that `sums_adapters` applies
+    their sum from them, any other reads the summed adapter written at `path`.
     """
 
     name: str
@@ -26,6 +28,12 @@ class LoRAAdapter:
     path: Path
     rank: int
     pinned: bool = False
+    parts: tuple[tuple[Path, float], ...] = ()
+
+    @property
+    def sources(self) -> tuple[tuple[Path, float], ...]:
+        """The folders whose weighted sum this adapter is (itself alone, for a plain one)."""
+        return self.parts or ((self.path, 1.0),)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class AdapterLoadError(EngineError):
 
 class Engine(abc.ABC):
     kind: str
+    # Whether a composition is applied from its parts (True) or needs its summed file (False).
+    sums_adapters: bool = False
 
     @property
     @abc.abstractmethod

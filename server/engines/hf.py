@@ -69,6 +69,7 @@ class _Request:
 
 class HFEngine(Engine):
     kind = "hf"
+    sums_adapters = True
 
     def __init__(
         self,
@@ -365,7 +366,7 @@ class HFEngine(Engine):
         started = time.monotonic()
         assert self._bank is not None
         try:
-            self._bank.add(adapter.name, adapter.path)
+            self._bank.add(adapter.name, adapter.sources)
         except Exception as error:
             log.warning("adapter %s failed to load: %s", adapter.name, error)
             raise AdapterLoadError(f"adapter {adapter.name} could not be loaded") from error

@@ -6,7 +6,8 @@ layer gets its rows' matrices stacked (`A [rows, in, r]`, `B [rows, r, out]`, al
 B, zeros for base rows), so the update is two batched matmuls per layer whatever the mix. Rows
 that finish leave the stacks by indexing and rows that join are appended: only their matrices are
 gathered. A batch with one adapter for every row uses plain matmuls, and one with none adds
-nothing.
+nothing. A composition of modules is one more entry: their updates summed, built from their
+folders (`server.lora_weights.summed_lora`), with no merged file written.
 
 The base model is never modified: the update is added by a forward hook on each adapted Linear,
 so an adapter that fails validation is simply not added, and removing one frees its tensors.
@@ -14,17 +15,16 @@ so an adapter that fails validation is simply not added, and removing one frees 
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from server.adapter_store import CONFIG_FILE, WEIGHTS_FILE
+from server.lora_weights import read_lora, summed_lora
 
 log = logging.getLogger("loramem.engine")
 
@@ -38,12 +38,6 @@ class UnsupportedAdapter(ValueError):
     """The files are not a plain LoRA over this model's Linear layers."""
 
 
-def lora_scaling(config: dict[str, Any]) -> float:
-    rank = int(config["r"])
-    alpha = float(config.get("lora_alpha") or rank)
-    return alpha / (rank**0.5 if config.get("use_rslora") else rank)
-
-
 @dataclass(frozen=True)
 class BankedAdapter:
     rank: int
@@ -51,9 +45,36 @@ class BankedAdapter:
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def read_adapter(path: Path, linears: dict[str, nn.Linear]) -> BankedAdapter:
-    """Reads and checks a PEFT LoRA folder against the model's Linear layers."""
-    config = json.loads((path / CONFIG_FILE).read_text())
+def read_adapter(
+    parts: Sequence[tuple[Path, float]], linears: dict[str, nn.Linear]
+) -> BankedAdapter:
+    """Reads and checks PEFT LoRA folders against the model's Linear layers: one adapter (a
+    single part of weight 1), or the weighted sum of several, applied as one of their ranks
+    added up."""
+    loaded = []
+    for path, weight in parts:
+        config, state = read_lora(path)
+        _check_plain_lora(config, state)
+        loaded.append((config, state, weight))
+    config, state = summed_lora(loaded)
+    rank = int(config["r"])
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key_a in (key for key in state if key.endswith(".lora_A.weight")):
+        module = key_a.removeprefix(KEY_PREFIX).removesuffix(".lora_A.weight")
+        linear = linears.get(module)
+        if linear is None:
+            raise UnsupportedAdapter(f"no Linear layer {module!r} to adapt")
+        a = state[key_a].to(linear.weight)
+        b = state[key_a.replace(".lora_A.", ".lora_B.")].to(linear.weight)
+        if a.shape != (rank, linear.in_features) or b.shape != (linear.out_features, rank):
+            raise UnsupportedAdapter(f"shapes of {module!r} do not fit the model")
+        weights[module] = (a.T.contiguous(), b.T.contiguous())  # summed_lora folded the scaling
+    if not weights:
+        raise UnsupportedAdapter("no LoRA weights")
+    return BankedAdapter(rank, weights)
+
+
+def _check_plain_lora(config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
     if config.get("peft_type", "LORA") != "LORA":
         raise UnsupportedAdapter(f"peft_type {config.get('peft_type')}")
     for feature in UNSUPPORTED:
@@ -61,24 +82,9 @@ def read_adapter(path: Path, linears: dict[str, nn.Linear]) -> BankedAdapter:
             raise UnsupportedAdapter(feature)
     if config.get("bias", "none") != "none":
         raise UnsupportedAdapter("bias")
-    rank, scaling = int(config["r"]), lora_scaling(config)
-    state = load_file(path / WEIGHTS_FILE)
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for key_a in (key for key in state if key.endswith(".lora_A.weight")):
-        module = key_a.removeprefix(KEY_PREFIX).removesuffix(".lora_A.weight")
-        key_b = key_a.replace(".lora_A.", ".lora_B.")
-        linear = linears.get(module)
-        if linear is None or key_b not in state:
-            raise UnsupportedAdapter(f"no Linear layer {module!r} to adapt")
-        a, b = state[key_a].to(linear.weight), state[key_b].to(linear.weight)
-        if a.shape != (rank, linear.in_features) or b.shape != (linear.out_features, rank):
-            raise UnsupportedAdapter(f"shapes of {module!r} do not fit the model")
-        weights[module] = (a.T.contiguous(), (b * scaling).T.contiguous())
-    if len(weights) * 2 != len(state):
+    pairs = {key for key in state if key.endswith(".lora_A.weight")}
+    if {key.replace(".lora_A.", ".lora_B.") for key in pairs} | pairs != set(state):
         raise UnsupportedAdapter("weights other than LoRA A/B pairs")
-    if not weights:
-        raise UnsupportedAdapter("no LoRA weights")
-    return BankedAdapter(rank, weights)
 
 
 class LoRABank:
@@ -106,9 +112,10 @@ class LoRABank:
     def __contains__(self, name: str) -> bool:
         return name in self._adapters
 
-    def add(self, name: str, path: Path) -> int:
-        """Loads an adapter, returns its rank; refuses all but a plain LoRA for this model."""
-        adapter = read_adapter(path, self._linears)
+    def add(self, name: str, parts: Sequence[tuple[Path, float]]) -> int:
+        """Loads an adapter (or the weighted sum of several), returns its rank; refuses all but
+        a plain LoRA for this model."""
+        adapter = read_adapter(parts, self._linears)
         self.remove(name)
         self._adapters[name] = adapter
         return adapter.rank

