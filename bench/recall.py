@@ -6,6 +6,7 @@ the paper's experiments at this project's scale.
                                      [--loads 1K,2K,4K,8K] [--ranks 4,8,16,32]
                                      [--sectors 4] [--entries 24] [--module-rank 4]
                                      [--module-parts oracle,split,single]
+                                     [--compose sum,weighted,ties,confident]
                                      [--articles harbor_clinic,quillmark,...]
 
 - phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, each in one module
@@ -21,7 +22,7 @@ the paper's experiments at this project's scale.
   server whose module capacity is one sector at the small rank: each sector its own topic asked
   with oracle routing and with `topic: "auto"`; all sectors in one topic that the server splits
   into modules, answered by the top-1 module or the top 2 and top 3 composed by each method
-  (sum, weighted, ties), with the mean latency of a request; and one module of the same
+  (sum, weighted, ties, confident), with the mean latency of a request; and one module of the same
   parameter budget (rank x sectors) holding everything.
 - prose: the hand-written articles and documents of bench/data/prose, each memorized as its own
   topic with the defaults, asked the questions of questions.json (worded otherwise than the text)
@@ -41,7 +42,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +63,7 @@ from bench.common import (
     use_paper_data_flag,
 )
 from tests.helpers import process_env, served
+from trainer_worker.matching import normalize
 
 # Made-up facts, as a user would paste them, and questions that do not reuse the text's words.
 FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -96,10 +97,6 @@ FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     ),
 }
 UNRELATED = ["How do volcanoes form?", "What is the boiling point of water?", "Who wrote Hamlet?"]
-
-
-def normalized(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 PROSE = Path(__file__).parent / "data" / "prose"
@@ -192,7 +189,7 @@ def modes(server: Server) -> dict[str, Any]:
         for topic, question, answer in questions:
             name = topic if topic_of == "mix" else f"{topic}-raw"
             output = server.ask(question, None if mode == "base" else name, mode)["text"]
-            hits += normalized(answer) in normalized(output)
+            hits += normalize(answer) in normalize(output)
         return hits / len(questions)
 
     results["base"] = score("mix", "base")
@@ -238,8 +235,8 @@ def counterfact(server: Server, statements: int) -> dict[str, Any]:
     result: dict[str, Any] = {"statements": len(texts), "probes": len(probes)}
     for mode in ("base", "lora", "hybrid"):
         hits = sum(
-            normalized(p["answer"])
-            in normalized(server.ask(p["question"], "counterfact", mode, tokens=12)["text"])
+            normalize(p["answer"])
+            in normalize(server.ask(p["question"], "counterfact", mode, tokens=12)["text"])
             for p in probes
         )
         result[mode] = hits / len(probes) if probes else None
@@ -251,7 +248,7 @@ def counterfact(server: Server, statements: int) -> dict[str, Any]:
     return result
 
 
-COMPOSE_METHODS = ("sum", "weighted", "ties")
+COMPOSE_METHODS = ("sum", "weighted", "ties", "confident")
 
 
 class Asked:
@@ -275,17 +272,19 @@ class Asked:
         print(f"{name:32}: recall {result[name]:.1%}, {self.seconds / self.asked:.2f} s a request")
 
 
-def composed_ways(top_ks: tuple[int, ...] = (2, 3)) -> list[tuple[str, dict[str, Any]]]:
+def composed_ways(methods: list[str], top_ks: tuple[int, ...] = (2, 3)) -> list[tuple[str, Any]]:
     """Top-1, then each top-k with each composition method: (name, request fields)."""
     return [("top-1", {"top_k": 1})] + [
-        (f"top-{k} {method}", {"top_k": k, "compose": method})
-        for k in top_ks
-        for method in COMPOSE_METHODS
+        (f"top-{k} {method}", {"top_k": k, "compose": method}) for k in top_ks for method in methods
     ]
 
 
 def multi_module(
-    server: Server, sectors: list[list[dict[str, str]]], rank: int, parts: set[str]
+    server: Server,
+    sectors: list[list[dict[str, str]]],
+    rank: int,
+    parts: set[str],
+    methods: list[str],
 ) -> dict[str, Any]:
     everything = [pair for sector in sectors for pair in sector]
     owner = {pair["question"]: f"sector-{i}" for i, sector in enumerate(sectors) for pair in sector}
@@ -327,7 +326,7 @@ def multi_module(
         result["modules_of_split_topic"] = len(
             server.http.get("/admin/topics/sectors").json()["knowledge_modules"]
         )
-        for name, request in composed_ways():
+        for name, request in composed_ways(methods):
             recall(f"split topic, {name}", lambda question: "sectors", **request)
     if "single" in parts:
         train("one-module", everything, rank * len(sectors))
@@ -335,7 +334,7 @@ def multi_module(
     return result
 
 
-def prose_modules(server: Server, articles: list[str]) -> dict[str, Any]:
+def prose_modules(server: Server, articles: list[str], methods: list[str]) -> dict[str, Any]:
     """Prose split into small modules, where the top-1 module is not always the right one.
 
     Each paragraph of the articles is one document of one topic, in a server whose module
@@ -371,7 +370,7 @@ def prose_modules(server: Server, articles: list[str]) -> dict[str, Any]:
             holding = [
                 i
                 for i, (article, paragraph) in enumerate(paragraphs)
-                if article == name and any(normalized(a) in normalized(paragraph) for a in accepted)
+                if article == name and any(normalize(a) in normalize(paragraph) for a in accepted)
             ]
             if holding:
                 asked_questions.append((question, accepted, holding[0]))
@@ -381,7 +380,7 @@ def prose_modules(server: Server, articles: list[str]) -> dict[str, Any]:
         asked, routed_right = Asked(), 0
         for question, accepted, paragraph in asked_questions:
             answer = asked.ask(server, question, topic_of(paragraph), 32, **request)
-            asked.hits += any(normalized(a) in normalized(answer["text"]) for a in accepted)
+            asked.hits += any(normalize(a) in normalize(answer["text"]) for a in accepted)
             routed_right += answer["adapters"][0]["module"] == module_of[paragraphs[paragraph][1]]
         asked.record(result, name)
         if name == "top-1":
@@ -389,7 +388,7 @@ def prose_modules(server: Server, articles: list[str]) -> dict[str, Any]:
             print(f"top-1 picked the paragraph's module for {routed_right} questions")
 
     recall("oracle", lambda paragraph: f"paragraph-{paragraph}")
-    for name, request in composed_ways():
+    for name, request in composed_ways(methods):
         recall(name, lambda paragraph: "split-prose", **request)
     return result
 
@@ -426,7 +425,7 @@ def prose(server: Server, articles: list[str]) -> dict[str, Any]:
             for mode in PROSE_MODES:
                 topic = None if mode == "base" else "auto" if mode == "auto" else f"prose-{name}"
                 answer = server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32)
-                hit = any(normalized(a) in normalized(answer["text"]) for a in accepted)
+                hit = any(normalize(a) in normalize(answer["text"]) for a in accepted)
                 row[mode] = row.get(mode, 0) + hit / len(questions[name])
                 hits[mode] += hit
                 if mode == "auto":
@@ -519,6 +518,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "(top-1 and composed top-k), one module holding everything",
     )
     parser.add_argument(
+        "--compose", default=",".join(COMPOSE_METHODS), help="composition methods compared"
+    )
+    parser.add_argument(
         "--articles",
         default=",".join(sorted(p.stem for p in PROSE.glob("*.txt"))),
         help="texts of bench/data/prose for --only prose",
@@ -548,7 +550,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokens_per_rank = module_tokens_per_rank(sectors, args.module_rank)
         with loramem_server(module_tokens_per_rank=str(tokens_per_rank)) as server:
             results["modules"] = multi_module(
-                server, sectors, args.module_rank, set(args.module_parts.split(","))
+                server,
+                sectors,
+                args.module_rank,
+                set(args.module_parts.split(",")),
+                args.compose.split(","),
             )
         results["modules"]["module_tokens_per_rank"] = tokens_per_rank
     if "prose" in only:
@@ -557,7 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "prose-modules" in only:
         # A module holds less than a paragraph: one module a paragraph.
         with loramem_server(module_tokens_per_rank="1") as server:
-            results["prose_modules"] = prose_modules(server, args.articles.split(","))
+            results["prose_modules"] = prose_modules(
+                server, args.articles.split(","), args.compose.split(",")
+            )
     save("recall", results)
     plot(results)
     return results

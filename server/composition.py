@@ -1,14 +1,16 @@
 """Composing a topic's best-matching modules into the adapter that answers one request.
 
 Methods (`LORAMEM_COMPOSE`, or `compose` per request):
-- `sum`: the modules' updates added, exactly (`server.lora_weights.summed_lora`). A module learns
-  its own facts and leaves the rest of the model nearly as it was, so adding updates keeps what
-  each one knows; averaging them (TIES) keeps a k-th of each, which exact recall does not survive.
+- `sum`: the modules' updates added, exactly (`server.lora_weights.summed_lora`): where modules
+  leave each other's facts alone, adding keeps what each knows, where averaging (TIES) keeps a
+  k-th of each update.
 - `weighted`: the same, each module scaled by its routing score over the best one's (rounded to
   tenths, so that similar requests share one composition): a module the router trusts less
   counts less.
 - `ties`: TIES merging (PEFT's `ties`: each update trimmed to its largest entries, a sign elected
   per entry, the agreeing entries averaged), factored back into a LoRA by SVD. Kept to compare.
+- `confident` makes no adapter: each module answers on its own and the generation service keeps
+  the answer the model is surest of (server/services/generation.py).
 
 The HF engine applies a sum from the modules' own folders (its LoRA bank stacks their matrices);
 for any other engine, and for TIES, the composed adapter is written once under the topic's folder

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BASE_MODEL = "SmolLM2-135M-Instruct"
-ComposeMethod = Literal["sum", "weighted", "ties"]
+ComposeMethod = Literal["sum", "weighted", "ties", "confident"]
 
 
 class Settings(BaseSettings):
@@ -65,9 +65,10 @@ class Settings(BaseSettings):
     route_min_score: float | None = Field(None, ge=0.0, le=1.0)
     rag_passages: int = Field(3, ge=1, le=32, description="passages put into a rag/hybrid prompt")
     # A topic of several modules: how many of them answer a request (the best matches), and how
-    # more than one are composed (server/composition.py): their updates added (sum), added in
-    # proportion to their routing scores (weighted), or TIES-merged keeping `merge_density` of
-    # each update (ties). Modules past the engine's rank limit (max_lora_rank) are left out.
+    # more than one are composed: each answers and the answer the model is surest of is kept
+    # (confident), or one adapter is made (server/composition.py) of their updates added (sum),
+    # added in proportion to their routing scores (weighted), or TIES-merged keeping
+    # `merge_density` of each update (ties). Modules past the rank limit are left out.
     route_top_k: int = Field(1, ge=1, le=8)
     compose: ComposeMethod = "sum"
     merge_density: float = Field(0.5, gt=0.0, le=1.0)

@@ -7,7 +7,8 @@ from typing import Any
 
 from server.engines.base import SamplingParams
 from server.engines.decoding import DecodeRow, decode_batch
-from trainer_worker.training_data import RecallProbe, recalled
+from trainer_worker.matching import recalled
+from trainer_worker.training_data import RecallProbe
 
 
 def greedy_replies(

@@ -12,7 +12,6 @@ sentence the model was taught.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -138,11 +137,3 @@ def _completion_probes(tokenizer: Any, chunk: str) -> list[RecallProbe]:
         expected = " ".join(words[cut : cut + 4])
         probes.append(RecallProbe(_text_ids(tokenizer, " ".join(words[:cut])), expected))
     return probes
-
-
-def normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def recalled(expected: str, generated: str) -> bool:
-    return normalize(expected) in normalize(generated)

@@ -45,6 +45,8 @@ class SamplingParams:
     seed: int | None = None
     # Decode past end-of-text up to max_tokens: fixed-length outputs for benchmarks.
     ignore_eos: bool = False
+    # Report the generated tokens' summed log-probability (GenerationOutput.logprob).
+    logprobs: bool = False
 
 
 @dataclass
@@ -57,6 +59,9 @@ class GenerationOutput:
     prompt_tokens: int = 0
     finished: bool = False
     finish_reason: str | None = None
+    # With SamplingParams.logprobs: the sum of the generated tokens' log-probabilities under
+    # the model and its adapter, at temperature 1 (how sure the model was of this answer).
+    logprob: float | None = None
 
 
 class EngineError(RuntimeError):

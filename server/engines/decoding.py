@@ -30,6 +30,7 @@ class DecodeRow:
     text: str = ""
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    logprob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.params.seed is not None and self.params.temperature > 0:
@@ -41,6 +42,20 @@ AdapterSelector = Callable[[list[str | None]], None]
 
 
 def _choose_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
+    chosen = _sample(logits, rows)
+    scored = [n for n, row in enumerate(rows) if row.params.logprobs]
+    if scored:
+        index = torch.tensor(scored, device=logits.device)
+        tokens = torch.tensor([chosen[n] for n in scored], device=logits.device)
+        logprobs = torch.log_softmax(logits[index].float(), dim=-1)
+        for n, logprob in zip(
+            scored, logprobs.gather(1, tokens[:, None])[:, 0].tolist(), strict=True
+        ):
+            rows[n].logprob += logprob
+    return chosen
+
+
+def _sample(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
     greedy = logits.argmax(dim=-1).tolist()
     chosen: list[int] = []
     for index, row in enumerate(rows):

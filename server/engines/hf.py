@@ -64,6 +64,7 @@ class _Request:
             prompt_tokens=len(self.prompt_ids),
             finished=finished,
             finish_reason=(row.finish_reason if row else "abort") if finished else None,
+            logprob=row.logprob if row and self.params.logprobs else None,
         )
 
 

@@ -252,6 +252,7 @@ class VLLMEngine(Engine):
             stop=list(params.stop) or None,
             seed=params.seed,
             ignore_eos=params.ignore_eos,
+            logprobs=0 if params.logprobs else None,  # 0: the sampled tokens' only
         )
         self._in_flight[name] += 1
         finished = False
@@ -271,6 +272,7 @@ class VLLMEngine(Engine):
                     prompt_tokens=len(prompt_token_ids),
                     finished=finished,
                     finish_reason=_finish_reason(completion.finish_reason) if finished else None,
+                    logprob=completion.cumulative_logprob if params.logprobs else None,
                 )
         except EngineError:
             raise

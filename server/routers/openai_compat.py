@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from server.config import ComposeMethod
 from server.dependencies import Generation, State
 from server.engines import GenerationOutput
 from server.prompting import with_context
@@ -49,6 +50,9 @@ class _Sampling(BaseModel):
     seed: int | None = None
     # vLLM's extension: generate exactly max_tokens, past the end of text (for benchmarks).
     ignore_eos: bool = False
+    # loramem's extensions (the openai client sends them in `extra_body`), as in /generate.
+    top_k: int | None = Field(None, ge=1, le=8)
+    compose: ComposeMethod | None = None
     stream: bool = False
     n: Literal[1] = 1
 
@@ -95,6 +99,8 @@ async def _plan(generation: GenerationService, state: Any, body: _Sampling, prom
         stop=body.stop,
         seed=body.seed,
         ignore_eos=body.ignore_eos,
+        top_k=body.top_k,
+        compose=body.compose,
     )
 
 

@@ -49,10 +49,23 @@ class Plan:
     topic: str | None
     mode: ServedMode
     # The modules that answer, with their routing scores, and the adapter the engine runs (one
-    # module's, or their composition).
+    # module's, or their composition)...
     modules: list[tuple[ActiveAdapter, float]]
     adapter: LoRAAdapter | None
     retrieved: list[Hit]
+    # ...or, composed by confidence, the modules' adapters that each answer (rows of one batch).
+    candidates: tuple[LoRAAdapter, ...] = ()
+
+
+def candidate_id(request_id: str, number: int) -> str:
+    return f"{request_id}:{number}"
+
+
+def confidence(output: GenerationOutput) -> float:
+    """How sure the model was of its answer: the mean log-probability of its tokens."""
+    if output.logprob is None:
+        return float("-inf")
+    return output.logprob / max(len(output.token_ids), 1)
 
 
 class GenerationService:
@@ -111,14 +124,15 @@ class GenerationService:
         served, modules, hits = await self._serve(
             topic, mode, prompt.query, score, top_k or self.settings.route_top_k
         )
-        adapter = None
+        adapter, method = None, compose or self.settings.compose
+        candidates: tuple[LoRAAdapter, ...] = ()
         if len(modules) == 1:
             adapter = modules[0][0].adapter
+        elif modules and method == "confident":
+            candidates = tuple(m.adapter for m, _ in modules)
         elif modules:
             adapter = await self.composed.get(
-                modules[0][0].topic_id,
-                [(m.adapter, score) for m, score in modules],
-                compose or self.settings.compose,
+                modules[0][0].topic_id, [(m.adapter, score) for m, score in modules], method
             )
         prompt_ids = prompt.to_ids(context_block([h.text for h in hits]))
         room = self.engine.max_model_len - len(prompt_ids)
@@ -136,8 +150,11 @@ class GenerationService:
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             seed=seed,
             ignore_eos=ignore_eos,
+            logprobs=bool(candidates),
         )
-        return Plan(uuid.uuid4().hex, prompt_ids, params, topic, served, modules, adapter, hits)
+        return Plan(
+            uuid.uuid4().hex, prompt_ids, params, topic, served, modules, adapter, hits, candidates
+        )
 
     async def _route_by_content(self, query: str) -> tuple[str | None, float]:
         """The topic whose knowledge best matches `query`, or None (the base model) below the
@@ -226,9 +243,17 @@ class GenerationService:
     def _response(
         self, request: GenerateRequest, plan: Plan, output: GenerationOutput
     ) -> GenerateResponse:
+        modules = plan.modules
+        if plan.candidates:  # the module whose answer was kept comes first
+            [kept] = [
+                n
+                for n in range(len(modules))
+                if candidate_id(plan.request_id, n) == output.request_id
+            ]
+            modules = [modules[kept], *modules[:kept], *modules[kept + 1 :]]
         adapters = [
             AdapterUsed(topic=m.topic, version=m.version, module=m.module, score=score)
-            for m, score in plan.modules
+            for m, score in modules
         ]
         return GenerateResponse(
             text=output.text,
@@ -247,13 +272,13 @@ class GenerationService:
         started = time.monotonic()
         first = True
         finished = False
+        generated = (
+            self._most_confident(plan)
+            if plan.candidates
+            else self.engine.generate(plan.request_id, plan.prompt_ids, plan.params, plan.adapter)
+        )
         try:
-            async for output in self.engine.generate(
-                plan.request_id,
-                plan.prompt_ids,
-                plan.params,
-                plan.adapter,
-            ):
+            async for output in generated:
                 finished = output.finished
                 if first and output.token_ids:
                     self.metrics.time_to_first_token.observe(time.monotonic() - started)
@@ -269,6 +294,30 @@ class GenerationService:
             self.pending -= 1
             if not finished:
                 await self.engine.abort(plan.request_id)
+
+    async def _most_confident(self, plan: Plan) -> AsyncIterator[GenerationOutput]:
+        """Every candidate module answers (rows of the same batches); yields the answer the
+        model was surest of, once all have finished. Streaming waits for it too."""
+
+        async def answer(number: int, adapter: LoRAAdapter) -> GenerationOutput:
+            last: GenerationOutput | None = None
+            request_id = candidate_id(plan.request_id, number)
+            async for output in self.engine.generate(
+                request_id, plan.prompt_ids, plan.params, adapter
+            ):
+                last = output
+            assert last is not None
+            return last
+
+        answers = [
+            asyncio.create_task(answer(n, adapter)) for n, adapter in enumerate(plan.candidates)
+        ]
+        try:
+            finals = await asyncio.gather(*answers)
+        finally:
+            for task in answers:  # a request gone: its candidates stop too
+                task.cancel()
+        yield max(finals, key=confidence)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         plan = await self._plan(request)

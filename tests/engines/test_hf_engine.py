@@ -176,3 +176,35 @@ async def test_a_vanishing_top_p_keeps_the_most_likely_token(engine: HFEngine) -
     params = SamplingParams(max_tokens=4, temperature=0.25, top_p=4.7e-233, seed=1)
     output = [o async for o in engine.generate("p", PROMPT, params)][-1]
     assert output.token_ids == (await generate_all(engine, PROMPT, max_tokens=4)).token_ids
+
+
+async def test_the_logprob_of_an_answer_is_what_the_model_gives_its_tokens(
+    engine: HFEngine, adapters: list[LoRAAdapter], tiny_model_dir: Path
+) -> None:
+    import torch
+
+    from server.base_model import load_causal_lm
+    from server.engines.lora_bank import LoRABank
+
+    params = SamplingParams(max_tokens=6, ignore_eos=True, logprobs=True)
+    outputs = await asyncio.gather(
+        *(
+            _final(engine.generate(f"lp-{n}", PROMPT, params, adapter))
+            for n, adapter in enumerate([None, adapters[0]])
+        )
+    )
+    model, _ = load_causal_lm(tiny_model_dir)
+    bank = LoRABank(model)
+    bank.add("a1", [(adapters[0].path, 1.0)])
+    for output, adapter in zip(outputs, [None, "a1"], strict=True):
+        bank.select([adapter])
+        ids = torch.tensor([PROMPT + output.token_ids])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, len(PROMPT) - 1 : -1], -1)
+        expected = logprobs.gather(1, torch.tensor(output.token_ids)[:, None]).sum().item()
+        assert output.logprob == pytest.approx(expected, abs=1e-3)
+    assert (await generate_all(engine, PROMPT)).logprob is None  # only when asked for
+
+
+async def _final(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
+    return [output async for output in outputs][-1]

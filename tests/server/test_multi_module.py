@@ -3,6 +3,8 @@ routed to the module that learned the fact, top-k modules composed (tiny model).
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from server import Settings
@@ -71,6 +73,16 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
             assert composed["adapters"][0]["module"] == module
         engine = (await client.get("/admin/engine")).json()
         assert any(name.startswith("composed:") for name in engine["adapters"])
+
+        # By confidence: each of the top 3 answers, the surest answer is kept, its module first.
+        for module, fact in enumerate(FACTS):
+            for stream in (False, True):
+                confident = await _ask(
+                    client, fact["question"], top_k=3, compose="confident", stream=stream
+                )
+                assert confident["text"].startswith(fact["answer"]), confident
+                assert sorted(a["module"] for a in confident["adapters"]) == [0, 1, 2]
+                assert confident["adapters"][0]["module"] == module
         assert engine["active_modules"] == {"atlas/0": 1, "atlas/1": 2, "atlas/2": 3}
         [topic_dir] = [d for d in settings.resolved_adapter_dir.iterdir() if d.name != ".staging"]
         assert not (topic_dir / "composed").exists()
@@ -79,6 +91,14 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         merged = await _ask(client, FACTS[1]["question"], top_k=2, compose="ties")
         assert [a["module"] for a in merged["adapters"]] in ([1, 0], [1, 2])
         assert len(list((topic_dir / "composed").iterdir())) == 1
+        # /v1 takes the same fields (the openai client's `extra_body`).
+        completion = await client.post(
+            "/v1/completions",
+            json={"model": "atlas", "prompt": FACTS[0]["question"], "max_tokens": 4}
+            | {"top_k": 3, "compose": "ties"},
+        )
+        assert completion.status_code == 200, completion.text
+        assert len(list((topic_dir / "composed").iterdir())) == 2
         refused = await client.post(
             "/generate", json={"prompt": "x", "topic": "atlas", "compose": "average"}
         )
@@ -100,4 +120,10 @@ async def _ask(client: httpx.AsyncClient, question: str, **request: object) -> d
         "/generate", json={"prompt": question, "topic": "atlas", "max_tokens": 6, **request}
     )
     assert response.status_code == 200, response.text
-    return response.json()
+    if not request.get("stream"):
+        return response.json()
+    lines = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert "".join(c["text"] for c in chunks[:-1]) == chunks[-1]["text"]
+    return chunks[-1]

@@ -10,6 +10,7 @@ from server.base_model import load_causal_lm
 from server.prompting import question_ids
 from trainer_worker.augmentation import GeneratedItem
 from trainer_worker.lora_trainer import train_lora
+from trainer_worker.matching import recalled
 from trainer_worker.options import TrainingOptions
 from trainer_worker.recall import measure_recall
 from trainer_worker.training_data import (
@@ -17,7 +18,6 @@ from trainer_worker.training_data import (
     Knowledge,
     build_training_set,
     chunk_text,
-    recalled,
 )
 
 

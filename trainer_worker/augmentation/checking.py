@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from server.retrieval.index import split_sentences
 from trainer_worker.augmentation.base import GeneratedItem
+from trainer_worker.matching import plain_words
 
 # (passage, question) pairs -> what the model answers to each, reading the passage.
 ReadBack = Callable[[Sequence[tuple[str, str]]], list[str]]
@@ -41,8 +42,7 @@ _NUMBER_WORDS = {
 
 def normalized_words(text: str) -> list[str]:
     """Lower-case words without punctuation, small numbers as digits ("eleven" and "11")."""
-    words = re.sub(r"[^\w\s]", " ", text.lower()).split()
-    return [_NUMBER_WORDS.get(word, word) for word in words]
+    return [_NUMBER_WORDS.get(word, word) for word in plain_words(text)]
 
 
 def consistent(expected: str, reply: str) -> bool:

@@ -1,0 +1,18 @@
+"""How an answer is compared with a reply: case, punctuation and spacing do not count."""
+
+from __future__ import annotations
+
+import re
+
+
+def plain_words(text: str) -> list[str]:
+    """Lower-case words without punctuation."""
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def normalize(text: str) -> str:
+    return " ".join(plain_words(text))
+
+
+def recalled(expected: str, generated: str) -> bool:
+    return normalize(expected) in normalize(generated)
