@@ -128,10 +128,11 @@ async def generate_all(
     adapter: LoRAAdapter | None = None,
     request_id: str = "r",
     max_tokens: int = 8,
+    logprobs: bool = False,
 ) -> GenerationOutput:
     """Runs one request through an engine to its end; returns the final output."""
     last = None
-    params = SamplingParams(max_tokens=max_tokens)
+    params = SamplingParams(max_tokens=max_tokens, logprobs=logprobs)
     async for output in engine.generate(request_id, prompt, params, adapter):
         last = output
     assert last is not None and last.finished

@@ -158,11 +158,15 @@ async def test_greedy_outputs_agree_with_the_hf_engine(
     try:
         for ours_adapter, their_adapter in pairs:
             for prompt in (PROMPT, OTHER_PROMPT):
-                ours = await generate_all(hf, prompt, ours_adapter, request_id="hf", max_tokens=12)
+                ours = await generate_all(
+                    hf, prompt, ours_adapter, request_id="hf", max_tokens=12, logprobs=True
+                )
                 theirs = await generate_all(
-                    engine, prompt, their_adapter, request_id="vllm", max_tokens=12
+                    engine, prompt, their_adapter, request_id="vllm", max_tokens=12, logprobs=True
                 )
                 assert ours.token_ids == theirs.token_ids
+                # The answer's log-probability too (what composing by confidence compares).
+                assert ours.logprob == pytest.approx(theirs.logprob, abs=0.05)
     finally:
         await hf.shutdown()
 
