@@ -121,10 +121,13 @@ class GenerationService:
             topic, score = await self._route_by_content(prompt.query)
         elif topic is None and mode in ("lora", "rag", "hybrid"):
             raise APIError(400, f"mode '{mode}' needs a topic", param="topic")
+        method = compose or self.settings.compose
+        # Each module answers alone by confidence; any other method makes one adapter of them.
+        rank_limit = None if method == "confident" else self.settings.max_lora_rank
         served, modules, hits = await self._serve(
-            topic, mode, prompt.query, score, top_k or self.settings.route_top_k
+            topic, mode, prompt.query, score, top_k or self.settings.route_top_k, rank_limit
         )
-        adapter, method = None, compose or self.settings.compose
+        adapter = None
         candidates: tuple[LoRAAdapter, ...] = ()
         if len(modules) == 1:
             adapter = modules[0][0].adapter
@@ -168,7 +171,13 @@ class GenerationService:
         return ranked[0].topic, ranked[0].score
 
     async def _serve(
-        self, topic: str | None, mode: str, query: str, topic_score: float, top_k: int
+        self,
+        topic: str | None,
+        mode: str,
+        query: str,
+        topic_score: float,
+        top_k: int,
+        rank_limit: int | None,
     ) -> tuple[ServedMode, list[tuple[ActiveAdapter, float]], list[Hit]]:
         """What serves the request. `auto`: the topic's adapters when it has some, else its
         documents (a topic is useful before its first training ends)."""
@@ -185,7 +194,7 @@ class GenerationService:
             active = await self.router.resolve(topic)
         else:
             await self.router.require_topic(topic)
-        modules = await self._choose_modules(topic, active, query, topic_score, top_k)
+        modules = await self._choose_modules(topic, active, query, topic_score, top_k, rank_limit)
         hits: list[Hit] = []
         if mode in ("rag", "hybrid"):
             hits = await asyncio.to_thread(
@@ -200,10 +209,11 @@ class GenerationService:
         query: str,
         topic_score: float,
         top_k: int,
+        rank_limit: int | None,
     ) -> list[tuple[ActiveAdapter, float]]:
         """The topic's modules that best match the request: its only one, or the top k by the
         passages each learned (a module no passage points to yet comes last), as many of them
-        as fit the engine's rank limit together."""
+        as fit `rank_limit` together."""
         if len(active) <= 1:
             return [(a, topic_score) for a in active]
         ranked = dict(await asyncio.to_thread(self.index.rank_modules, query, topic))
@@ -215,7 +225,7 @@ class GenerationService:
         chosen: list[tuple[ActiveAdapter, float]] = []
         rank = 0
         for module in order[:top_k]:
-            if chosen and rank + module.adapter.rank > self.settings.max_lora_rank:
+            if chosen and rank_limit is not None and rank + module.adapter.rank > rank_limit:
                 break
             chosen.append((module, ranked.get(module.module, 0.0)))
             rank += module.adapter.rank

@@ -109,6 +109,9 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         cut = await _ask(client, FACTS[2]["question"], top_k=3)
         assert [a["module"] for a in cut["adapters"]][:1] == [2]
         assert len(cut["adapters"]) == 2
+        # By confidence each module answers alone: no summed rank to limit.
+        every = await _ask(client, FACTS[2]["question"], top_k=3, compose="confident")
+        assert len(every["adapters"]) == 3
 
         # Forgetting removes the composed adapters with the rest of the topic's files.
         assert (await client.delete("/admin/topics/atlas")).status_code == 200
