@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # added in proportion to their routing scores (weighted), or TIES-merged keeping
     # `merge_density` of each update (ties). Modules past the rank limit are left out.
     route_top_k: int = Field(1, ge=1, le=8)
-    compose: ComposeMethod = "sum"
+    compose: ComposeMethod = "confident"
     merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.

@@ -63,12 +63,12 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
             assert used["module"] == module and used["version"] == module + 1
             assert body["text"].startswith(fact["answer"]), body
 
-        # The top 3 modules summed (the default), best match first; the HF engine's bank applies
+        # The top 3 modules summed, best match first; the HF engine's bank applies
         # the sum from the modules' own files, writing none. (That the bank's sum is exact is
         # tested against merged weights; whether a sum keeps each fact is measured on the default
         # model by bench.recall: this random 2-layer model's updates are no guide to it.)
         for module, fact in enumerate(FACTS):
-            composed = await _ask(client, fact["question"], top_k=3)
+            composed = await _ask(client, fact["question"], top_k=3, compose="sum")
             assert sorted(a["module"] for a in composed["adapters"]) == [0, 1, 2]
             assert composed["adapters"][0]["module"] == module
         engine = (await client.get("/admin/engine")).json()
@@ -106,11 +106,11 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
 
     # An engine that takes rank 8 at most composes the best two r4 modules, and says so.
     async with running_app(small_modules.model_copy(update={"max_lora_rank": 8})) as client:
-        cut = await _ask(client, FACTS[2]["question"], top_k=3)
+        cut = await _ask(client, FACTS[2]["question"], top_k=3, compose="sum")
         assert [a["module"] for a in cut["adapters"]][:1] == [2]
         assert len(cut["adapters"]) == 2
         # By confidence each module answers alone: no summed rank to limit.
-        every = await _ask(client, FACTS[2]["question"], top_k=3, compose="confident")
+        every = await _ask(client, FACTS[2]["question"], top_k=3)  # confident, the default
         assert len(every["adapters"]) == 3
 
         # Forgetting removes the composed adapters with the rest of the topic's files.
