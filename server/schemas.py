@@ -130,7 +130,7 @@ class GenerateRequest(_Strict):
         None, ge=1, le=8, description="modules of the topic that answer (composed if > 1)"
     )
     compose: ComposeMethod | None = Field(
-        None, description="how more than one module is composed: sum, weighted or ties"
+        None, description="how more than one module is composed: confident, sum, weighted or ties"
     )
     stream: bool = False
 
