@@ -112,6 +112,8 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         # By confidence each module answers alone: no summed rank to limit.
         every = await _ask(client, FACTS[2]["question"], top_k=3)  # confident, the default
         assert len(every["adapters"]) == 3
+        # More modules asked for than the topic has: the ones there are.
+        assert len((await _ask(client, FACTS[0]["question"], top_k=8))["adapters"]) == 3
 
         # Forgetting removes the composed adapters with the rest of the topic's files.
         assert (await client.delete("/admin/topics/atlas")).status_code == 200
