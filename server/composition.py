@@ -106,7 +106,7 @@ class ComposedAdapters:
         )
         recipe = [(adapter.lora_id, weight) for adapter, weight in weighted]
         detail = f"density {self.density}" if method == "ties" else f"weights {weights}"
-        key = hashlib.sha256(f"{method}:{recipe}:{detail}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{method}:{recipe}:{self.density}".encode()).hexdigest()[:16]
         async with self._lock:
             adapter = self._loaded.get(key)
             if adapter is not None:

@@ -255,11 +255,8 @@ class GenerationService:
     ) -> GenerateResponse:
         modules = plan.modules
         if plan.candidates:  # the module whose answer was kept comes first
-            [kept] = [
-                n
-                for n in range(len(modules))
-                if candidate_id(plan.request_id, n) == output.request_id
-            ]
+            ids = [candidate_id(plan.request_id, n) for n in range(len(modules))]
+            kept = ids.index(output.request_id)
             modules = [modules[kept], *modules[:kept], *modules[kept + 1 :]]
         adapters = [
             AdapterUsed(topic=m.topic, version=m.version, module=m.module, score=score)
