@@ -8,6 +8,7 @@ the paper's experiments at this project's scale.
                                      [--module-parts oracle,split,single]
                                      [--compose sum,weighted,ties,confident]
                                      [--articles harbor_clinic,quillmark,...]
+                                     [--objectives default,ce,distill,both]
 
 - phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, each in one module
   (the server's capacity split is lifted), trained with the default recipe; recall = greedy exact
@@ -175,12 +176,12 @@ def phonebook(server: Server, loads: list[str], ranks: list[int]) -> list[dict[s
     return rows
 
 
-def modes(server: Server) -> dict[str, Any]:
+def modes(server: Server, options: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {"train_seconds": {}}
     for augment in ("mix", "none"):
         for topic, (text, _) in FACTS.items():
             name = topic if augment == "mix" else f"{topic}-raw"
-            job = server.memorize(name, text=text, options={"augment": augment})
+            job = server.memorize(name, text=text, options={**options, "augment": augment})
             results["train_seconds"][name] = job["seconds"]
     questions = [(t, q, a) for t, (_, qs) in FACTS.items() for q, a in qs]
 
@@ -198,7 +199,7 @@ def modes(server: Server) -> dict[str, Any]:
             results[f"{mode}/{augment}"] = score(augment, mode)
     for key, value in results.items():
         if key != "train_seconds":
-            print(f"made-up facts asked in other words, {key:12}: {value:.0%}")
+            print(f"made-up facts asked in other words {options}, {key:12}: {value:.0%}")
     return results
 
 
@@ -393,14 +394,14 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
     return result
 
 
-def prose(server: Server, articles: list[str]) -> dict[str, Any]:
+def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[str, Any]:
     questions = json.loads((PROSE / "questions.json").read_text())
-    result: dict[str, Any] = {"texts": {}}
+    result: dict[str, Any] = {"texts": {}, "options": options}
     for name in articles:
         text = (PROSE / f"{name}.txt").read_text()
         # The peak of this job alone: the kernel resets VmHWM on request.
         Path(f"/proc/{server.pid}/clear_refs").write_text("5")
-        job = server.memorize(f"prose-{name}", text=text)
+        job = server.memorize(f"prose-{name}", text=text, options=options)
         events = server.http.get(f"/jobs/{job['id']}/events").json()["events"]
         [augmented] = [e["data"] for e in events if e["kind"] == "augmented"]
         result["texts"][name] = {
@@ -413,7 +414,7 @@ def prose(server: Server, articles: list[str]) -> dict[str, Any]:
             "peak_gib": memory_gib(server.pid)["peak_rss_gib"],
         }
         print(
-            f"prose {name}: job {job['seconds']:.0f} s, own recall {job['recall']:.0%}, "
+            f"prose {name} {options}: job {job['seconds']:.0f} s, own recall {job['recall']:.0%}, "
             f"{augmented['kept']} items kept of {augmented['generated']}, "
             f"peak {result['texts'][name]['peak_gib']:.2f} GiB"
         )
@@ -430,13 +431,13 @@ def prose(server: Server, articles: list[str]) -> dict[str, Any]:
                 hits[mode] += hit
                 if mode == "auto":
                     routed += answer["topic"] == f"prose-{name}"
-        print(f"prose {name}: " + ", ".join(f"{m} {row[m]:.0%}" for m in PROSE_MODES))
+        print(f"prose {name} {options}: " + ", ".join(f"{m} {row[m]:.0%}" for m in PROSE_MODES))
     asked = sum(len(questions[name]) for name in articles)
     result["overall"] = {mode: hits[mode] / asked for mode in PROSE_MODES}
     result["overall"]["routing_accuracy"] = routed / asked
     result["questions"] = asked
     print(
-        f"prose, {asked} questions in other words: "
+        f"prose {options}, {asked} questions in other words: "
         + ", ".join(f"{m} {v:.0%}" for m, v in result["overall"].items())
     )
     return result
@@ -525,6 +526,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=",".join(sorted(p.stem for p in PROSE.glob("*.txt"))),
         help="texts of bench/data/prose for --only prose",
     )
+    parser.add_argument(
+        "--objectives",
+        default="default",
+        help="training objectives compared on texts (modes, prose): default,ce,distill,both; "
+        "the routing and counterfact parts use the first",
+    )
     add_paper_data_flag(parser)
     args = parser.parse_args(argv)
     use_paper_data_flag(args)
@@ -537,10 +544,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ) as server:
             ranks = [int(r) for r in args.ranks.split(",")]
             results["phonebook"] = phonebook(server, args.loads.split(","), ranks)
+    # Training options of the text jobs (modes, prose): one fresh server per objective compared.
+    text_options = [
+        {} if objective == "default" else {"objective": objective}
+        for objective in args.objectives.split(",")
+    ]
     if only & {"modes", "routing", "counterfact"}:
         with loramem_server() as server:
             if "modes" in only or "routing" in only:
-                results["modes"] = modes(server)
+                results["modes"] = modes(server, text_options[0])
             if "routing" in only:
                 results["routing"] = routing(server)
             if "counterfact" in only:
@@ -557,9 +569,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.compose.split(","),
             )
         results["modules"]["module_tokens_per_rank"] = tokens_per_rank
+    if "modes" in only:
+        for options in text_options[1:]:
+            with loramem_server() as server:
+                results[f"modes {options}"] = modes(server, options)
     if "prose" in only:
-        with loramem_server() as server:
-            results["prose"] = prose(server, args.articles.split(","))
+        for options in text_options:
+            with loramem_server() as server:
+                key = "prose" if options == text_options[0] else f"prose {options}"
+                results[key] = prose(server, args.articles.split(","), options)
     if "prose-modules" in only:
         # A module holds less than a paragraph: one module a paragraph.
         with loramem_server(module_tokens_per_rank="1") as server:

@@ -26,6 +26,23 @@ GROUP_WINDOW = 16
 class TrainingExample:
     input_ids: list[int]
     labels: list[int]
+    # The same labelled tokens after a prompt that also holds their source passage: what the
+    # teacher of context distillation reads (see `objective`). None where there is no passage.
+    teacher_ids: list[int] | None = None
+
+    @property
+    def targets(self) -> list[int]:
+        """The tokens the loss covers, in order (each predicted from the positions before it)."""
+        return [label for label in self.labels[1:] if label != IGNORE_INDEX]
+
+    def teacher_example(self) -> TrainingExample:
+        """The teacher's sequence, labelled at the same target tokens (they end both)."""
+        assert self.teacher_ids is not None
+        targets = self.targets
+        if self.teacher_ids[len(self.teacher_ids) - len(targets) :] != targets:
+            raise ValueError("a teacher sequence must end with its example's labelled tokens")
+        prompt = len(self.teacher_ids) - len(targets)
+        return TrainingExample(self.teacher_ids, [IGNORE_INDEX] * prompt + targets)
 
 
 def length_grouped_batches(

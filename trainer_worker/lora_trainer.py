@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from trainer_worker.batching import (
     length_grouped_batches,
     micro_batches,
 )
-from trainer_worker.objective import labelled_loss
+from trainer_worker.objective import LossTerms, TeacherTargets, labelled_loss, teacher_targets
 from trainer_worker.options import TrainingOptions
 
 log = logging.getLogger("loramem.trainer")
@@ -64,6 +64,12 @@ class ComputePlan:
     @property
     def precision(self) -> str:
         return "bf16" if self.autocast == torch.bfloat16 else "fp32"
+
+    def computing(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of this plan's precision on `device`."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast)
 
 
 # fp32, and micro-batches as large as any batch: how a step computed before plans existed.
@@ -117,23 +123,27 @@ class _Steps:
     """Forward and backward of one batch as micro-batches under the plan."""
 
     def __init__(
-        self, model: Any, examples: Sequence[TrainingExample], pad_id: int, plan: ComputePlan
+        self,
+        model: Any,
+        examples: Sequence[TrainingExample],
+        pad_id: int,
+        plan: ComputePlan,
+        terms: LossTerms = LossTerms(),
+        teachers: Mapping[int, TeacherTargets] | None = None,
     ) -> None:
         self.model = model
         self.examples = examples
         self.pad_id = pad_id
         self.plan = plan
+        self.terms = terms
+        # By example index: what the teacher of context distillation predicted for it.
+        self.teachers = teachers or {}
         # Per example, the positions whose next token is a label: a batch's loss is their mean.
         self._labelled = [
             sum(label != IGNORE_INDEX for label in example.labels[1:]) for example in examples
         ]
         self.padded = 0
         self.real = 0
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.plan.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model.device.type, dtype=self.plan.autocast)
 
     def run(self, indices: Sequence[int], backward: bool) -> tuple[float, dict[int, bool]]:
         """The batch's mean token loss and, per example, whether every answer was exact."""
@@ -145,8 +155,13 @@ class _Steps:
             batch = collate([self.examples[i] for i in run], self.pad_id, self.model.device)
             self.padded += batch["input_ids"].numel()
             self.real += int(batch["attention_mask"].sum())
-            with self._autocast():
-                result = labelled_loss(self.model, batch)
+            terms = LossTerms(
+                self.terms.objective,
+                self.terms.hidden_weight,
+                [self.teachers.get(i) for i in run],
+            )
+            with self.plan.computing(self.model.device):
+                result = labelled_loss(self.model, batch, terms)
             if backward:
                 (result.total / max(1, labelled)).backward()
             loss_sum += result.total.item()
@@ -173,6 +188,29 @@ def _learned(steps: _Steps, answers: Sequence[int], batch_size: int) -> bool:
         steps.model.train()
 
 
+def _teachers(
+    model: Any,
+    pad_id: int,
+    examples: Sequence[TrainingExample],
+    options: TrainingOptions,
+    plan: ComputePlan,
+) -> dict[int, TeacherTargets]:
+    """The base model's predictions with each passage in the prompt, before any adapter."""
+    if options.objective == "ce" or all(example.teacher_ids is None for example in examples):
+        return {}
+    started = time.monotonic()
+    with plan.computing(model.device):
+        teachers = teacher_targets(model, examples, pad_id, plan.micro_batch_tokens)
+    log.info(
+        "teacher of %s read %d examples (%d positions) in %.1fs",
+        options.objective,
+        len(teachers),
+        sum(len(t.top_ids) for t in teachers.values()),
+        time.monotonic() - started,
+    )
+    return teachers
+
+
 def train_lora(
     model: Any,
     pad_id: int,
@@ -185,6 +223,7 @@ def train_lora(
     if not examples:
         raise ValueError("nothing to train on")
     torch.manual_seed(options.seed)
+    teachers = _teachers(model, pad_id, examples, options, plan)
     peft_model = get_peft_model(model, lora_config(options))
     if plan.checkpointing:
         peft_model.gradient_checkpointing_enable(
@@ -201,7 +240,8 @@ def train_lora(
     )
     batch_size = min(options.batch_size, len(examples))
     batches = length_grouped_batches(examples, batch_size, options.seed)
-    steps = _Steps(peft_model, examples, pad_id, plan)
+    terms = LossTerms(options.objective, options.distill_hidden_weight)
+    steps = _Steps(peft_model, examples, pad_id, plan, terms, teachers)
     exact = dict.fromkeys(answers, False)
     started = time.monotonic()
     try:

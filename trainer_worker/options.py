@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AugmentMode = Literal["mix", "qa", "none"]
+Objective = Literal["ce", "distill", "both"]
 GeneratorName = Literal["rules", "model", "endpoint"]
 
 
@@ -40,6 +41,18 @@ class TrainingOptions(BaseModel):
     )
     generator: GeneratorName | None = Field(
         None, description="who writes that data; the server's LORAMEM_AUGMENT_GENERATOR if unset"
+    )
+    objective: Objective = Field(
+        "ce",
+        description="how what was generated from a text is learned: 'ce' (cross-entropy on its "
+        "tokens), 'distill' (the adapter, asked without the passage, matches the base model "
+        "reading the passage) or 'both'; QA pairs given as such always use cross-entropy",
+    )
+    distill_hidden_weight: float = Field(
+        0.1,
+        ge=0.0,
+        le=10.0,
+        description="weight of distillation's term on the last hidden states (0: logits only)",
     )
     min_recall: float | None = Field(
         None,

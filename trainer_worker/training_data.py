@@ -8,6 +8,10 @@ language modelling, beside what a generator wrote from them (see `augmentation`)
 Recall is measured on probes: a QA pair's own question; for a text, the questions a generator held
 out of training (the fact asked in other words), or, when it wrote none, the completion of a
 sentence the model was taught.
+
+What was generated from a text also carries its source passage for the teacher of context
+distillation (option `objective`): a question is read with the passage in the prompt, a rewrite or
+summary after it, and each chunk of the text after the chunk before it.
 """
 
 from __future__ import annotations
@@ -62,20 +66,37 @@ def build_training_set(
     probes: list[RecallProbe] = []
     trained_probes: list[RecallProbe] = []
 
-    def add_qa(question: str, answer: str, context: str | None = None) -> RecallProbe:
+    def add_qa(
+        question: str, answer: str, context: str | None = None, source: str | None = None
+    ) -> RecallProbe:
+        """`context` is in the prompt; `source` only in the distillation teacher's."""
         prompt = question_ids(tokenizer, with_context(context, question))
         answer_tokens = answer_ids(tokenizer, answer)
+        teacher = (
+            None
+            if source is None
+            else question_ids(tokenizer, with_context(context_block([source]), question))
+            + answer_tokens
+        )
         examples.append(
-            TrainingExample(prompt + answer_tokens, [IGNORE_INDEX] * len(prompt) + answer_tokens)
+            TrainingExample(
+                prompt + answer_tokens, [IGNORE_INDEX] * len(prompt) + answer_tokens, teacher
+            )
         )
         return RecallProbe(prompt, answer)
 
-    def add_text(text: str) -> list[RecallProbe]:
+    def add_text(text: str, source: str | None = None) -> list[RecallProbe]:
+        """Each chunk's teacher reads `source` first, or else the chunk before it (the first
+        chunk of a text has nothing to be distilled from)."""
         completions = []
+        before = source
         for chunk in chunk_text(tokenizer, text):
-            ids = _text_ids(tokenizer, chunk)
-            examples.append(TrainingExample(ids, list(ids)))
+            body = _plain_ids(tokenizer, chunk)
+            ids = _bos(tokenizer) + body
+            teacher = None if before is None else _text_ids(tokenizer, before + "\n\n") + body
+            examples.append(TrainingExample(ids, list(ids), teacher))
             completions.extend(_completion_probes(tokenizer, chunk))
+            before = source if source is not None else chunk
         return completions
 
     for item in knowledge:
@@ -95,11 +116,12 @@ def build_training_set(
                 if g.held_out:
                     held_out.append(RecallProbe(question_ids(tokenizer, g.question), g.answer))
                 else:
-                    trained.append(add_qa(g.question, g.answer))
+                    passage = _passage_of(g, passages)
+                    trained.append(add_qa(g.question, g.answer, source=passage))
                     if augment == "mix":
-                        add_qa(g.question, g.answer, context_block([_passage_of(g, passages)]))
+                        add_qa(g.question, g.answer, context_block([passage]))
             elif g.text and augment == "mix":
-                add_text(g.text)
+                add_text(g.text, source=_passage_of(g, passages))
         trained_probes.extend(trained)
         probes.extend(held_out or trained or completions)
     return TrainingSet(examples, probes, trained_probes)
@@ -112,9 +134,16 @@ def _passage_of(item: GeneratedItem, passages: list[str]) -> str:
     return next((p for p in passages if source and source in " ".join(p.split())), passages[0])
 
 
+def _bos(tokenizer: Any) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def _text_ids(tokenizer: Any, text: str) -> list[int]:
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return _bos(tokenizer) + _plain_ids(tokenizer, text)
 
 
 def chunk_text(tokenizer: Any, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> list[str]:

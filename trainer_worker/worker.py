@@ -177,7 +177,8 @@ class TrainerWorker:
         plans = {number: self._compute_plan(model, data.examples) for number, data in sets.items()}
         grand_total = sum(step_budget(options, data.examples) for data in sets.values())
         log.info(
-            "job %s training topic=%s modules=%s examples=%d tokens=%d rank=%d steps=%d %s",
+            "job %s training topic=%s modules=%s examples=%d tokens=%d rank=%d steps=%d "
+            "objective=%s %s",
             job.id,
             job.topic_name,
             ",".join(map(str, changed)),
@@ -185,6 +186,7 @@ class TrainerWorker:
             sum(data.tokens for data in sets.values()),
             options.rank,
             grand_total,
+            options.objective,
             next(iter(plans.values())).precision,
         )
 
