@@ -16,7 +16,7 @@ summary after it, and each chunk of the text after the chunk before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ class Knowledge:
     text: str | None = None
     # What a generator wrote from this text.
     generated: tuple[GeneratedItem, ...] = ()
+    # The names, numbers and dates of the text that no kept question asks about.
+    unasked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,14 @@ class TrainingSet:
     # Generated questions that were trained on: recall on them, beside held-out recall, shows
     # how much of the gap is the wording.
     trained_probes: list[RecallProbe]
+    # Things the texts state that no probe checks (see `augmentation.coverage`).
+    unasked: int = 0
+
+    def recall(self, answered: float) -> float:
+        """The recall of the knowledge from the share of probes answered: each unasked thing
+        counts as one more probe, failed, since nothing shows that it was learned."""
+        checked = len(self.probes) + self.unasked
+        return answered * len(self.probes) / checked if checked else 0.0
 
     @property
     def tokens(self) -> int:
@@ -60,7 +70,7 @@ class TrainingSet:
 
 
 def build_training_set(
-    tokenizer: Any, knowledge: Iterable[Knowledge], augment: str = "none"
+    tokenizer: Any, knowledge: Sequence[Knowledge], augment: str = "none"
 ) -> TrainingSet:
     examples: list[TrainingExample] = []
     probes: list[RecallProbe] = []
@@ -124,7 +134,8 @@ def build_training_set(
                 add_text(g.text, source=_passage_of(g, passages))
         trained_probes.extend(trained)
         probes.extend(held_out or trained or completions)
-    return TrainingSet(examples, probes, trained_probes)
+    unasked = sum(len(item.unasked) for item in knowledge if item.text)
+    return TrainingSet(examples, probes, trained_probes, unasked)
 
 
 def _passage_of(item: GeneratedItem, passages: list[str]) -> str:

@@ -41,6 +41,7 @@ from trainer_worker.augmentation import (
     ServedModelGenerator,
     check_items,
     generate_with_fallback,
+    unasked_things,
 )
 from trainer_worker.batching import TrainingExample
 from trainer_worker.lora_trainer import (
@@ -221,15 +222,16 @@ class TrainerWorker:
             options.min_recall if options.min_recall is not None else self.settings.min_recall
         )
         trained: list[queue.TrainedModule] = []
-        details: dict[str, Any] = {"probes": 0}
+        details: dict[str, Any] = {"probes": 0, "unasked": 0}
         try:
             for number, data in sets.items():
                 peft_model = train_lora(
                     model, tokenizer.pad_token_id, data.examples, options, on_step, plans[number]
                 )
                 done += step_budget(options, data.examples)
-                recall = measure_recall(peft_model, tokenizer, data.probes)
+                recall = data.recall(measure_recall(peft_model, tokenizer, data.probes))
                 details["probes"] += len(data.probes)
+                details["unasked"] += data.unasked
                 stored = save_adapter(
                     peft_model,
                     self.settings.resolved_adapter_dir,
@@ -321,6 +323,21 @@ class TrainerWorker:
         if options.augment != "none" and new_texts:
             for document, rows in self._augment(job, options, new_texts, model, tokenizer).items():
                 written[document] = rows
+        generated = {
+            d.id: tuple(
+                GeneratedItem(
+                    r.kind,  # type: ignore[arg-type]
+                    r.question,
+                    r.answer,
+                    r.text,
+                    r.held_out,
+                    r.source,
+                    r.rejected,
+                )
+                for r in written.get(d.id, [])
+            )
+            for d in documents
+        }
         return [
             StoredDocument(
                 d.id,
@@ -330,18 +347,8 @@ class TrainerWorker:
                     d.question,
                     d.answer,
                     d.text,
-                    tuple(
-                        GeneratedItem(
-                            r.kind,  # type: ignore[arg-type]
-                            r.question,
-                            r.answer,
-                            r.text,
-                            r.held_out,
-                            r.source,
-                            r.rejected,
-                        )
-                        for r in written.get(d.id, [])
-                    ),
+                    generated[d.id],
+                    tuple(unasked_things(d.text, generated[d.id])) if d.text else (),
                 ),
             )
             for d in documents

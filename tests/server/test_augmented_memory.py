@@ -52,6 +52,7 @@ async def test_texts_become_checked_qa_rewrites_and_held_out_probes(
     [succeeded] = await _events(client, job["id"], "succeeded")
     [module] = succeeded["modules"]
     assert succeeded["probes"] == held_out >= 4 and 0 <= module["recall_trained"] <= 1
+    assert succeeded["unasked"] == 0  # every name and number of the text is asked about
 
     # More knowledge: only the new text goes to the generator; the old items are kept.
     second = await _memorize(client, documents=[MORE], options=FAST)
@@ -78,6 +79,8 @@ async def test_questions_the_base_model_cannot_read_back_are_rejected_with_the_r
     )
     [succeeded] = await _events(client, job["id"], "succeeded")
     assert succeeded["probes"] == 2 and succeeded["modules"][0]["recall_trained"] is None
+    # Nothing the text names was checked: its five names and numbers count as probes failed.
+    assert succeeded["unasked"] == 5 and job["recall"] <= 2 / 7
 
 
 async def test_text_a_parser_can_use_nothing_of_trains_as_raw_text_and_says_so(

@@ -12,8 +12,14 @@ from server.base_model import load_causal_lm, resolve_base_model
 from server.config import Settings
 from tests.trainer.test_augmentation import BAKERY
 from trainer_worker import worker
-from trainer_worker.augmentation import GeneratedItem, RuleBasedGenerator, check_items
+from trainer_worker.augmentation import (
+    GeneratedItem,
+    RuleBasedGenerator,
+    check_items,
+    unasked_things,
+)
 from trainer_worker.augmentation.checking import consistent
+from trainer_worker.training_data import RecallProbe, TrainingSet
 
 TEXT = (
     "Kelda Looms was started in 1962 by two sisters. It now employs forty-two people. "
@@ -100,3 +106,19 @@ def test_the_default_model_reads_back_what_the_parser_asked(
         if c.rejected is not None
     )
     assert {c.answer for c in kept} & {"1994", "Owen Carrick", "Mill Street", "about 30"}
+
+
+def test_what_no_kept_question_asks_about_counts_against_recall() -> None:
+    text = "Acme Corp was founded in 1987 by Lena Holt. Its shop is on Quay Lane in Boston."
+    items = [
+        GeneratedItem("qa", "Who founded Acme Corp?", "Lena Holt"),
+        GeneratedItem("qa", "When was Acme Corp founded?", "1987", held_out=True),
+        GeneratedItem("qa", "Where is the shop of Acme Corp?", "Quay Lane", rejected="wrong"),
+        GeneratedItem("rewrite", text="Acme Corp's shop is in Boston."),
+    ]
+    # Named in a kept question or answer: asked. Only in a rejected item or a rewrite: not.
+    assert unasked_things(text, items) == ["Quay Lane", "Boston"]
+    probes = [RecallProbe([1], "1987")]
+    assert TrainingSet([], probes, [], unasked=2).recall(1.0) == pytest.approx(1 / 3)
+    assert TrainingSet([], probes, [], unasked=0).recall(1.0) == 1.0
+    assert TrainingSet([], [], [], unasked=0).recall(0.0) == 0.0

@@ -11,6 +11,7 @@ from trainer_worker.augmentation.base import (
     GeneratorError,
 )
 from trainer_worker.augmentation.checking import ReadBack, check_items
+from trainer_worker.augmentation.coverage import unasked_things
 from trainer_worker.augmentation.rules import RuleBasedGenerator
 from trainer_worker.augmentation.written import (
     EndpointGenerator,
@@ -30,6 +31,7 @@ __all__ = [
     "check_items",
     "generate_with_fallback",
     "parse_written",
+    "unasked_things",
 ]
 
 

@@ -60,6 +60,11 @@ _CALENDAR = re.compile(
     r"|morning|afternoon|evening|night|noon|midnight|dawn|dusk|century|decade|year|week|month"
     r"|today|yesterday|tomorrow)s?\b"
 )
+# The calendar words that make a date something to check ("in March"), unlike "each day".
+_CALENDAR_NAMES = re.compile(
+    r"\b(january|february|march|april|may|june|july|august|september|october|november|december"
+    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday|spring|summer|autumn|winter)\b"
+)
 _UNIT_WORDS = re.compile(r"^(years?|months?|weeks?|days?|hours?|minutes?|seconds?|nights?)$")
 
 
@@ -759,3 +764,21 @@ def _distinct(facts: list[_Fact]) -> list[_Fact]:
             seen.add(key)
             kept.append(fact)
     return kept
+
+
+def named_things(text: str) -> list[str]:
+    """The names, numbers and dates that `text` states, each once, in text order (a date only
+    when it has a number or a calendar name: "today" or "a year" says nothing to check)."""
+    things: dict[str, str] = {}
+    for paragraph in re.split(r"\n\s*\n", text):
+        for entity in _pipeline()(" ".join(paragraph.split())).ents:
+            if entity.label_ not in _NAMED_ENTITIES | _COUNTS | _TIMES:
+                continue
+            phrase = re.sub(r"^(the|a|an)\s+", "", _tidy(entity.text), flags=re.IGNORECASE)
+            if entity.label_ in _TIMES and not (
+                any(token.like_num for token in entity) or _CALENDAR_NAMES.search(phrase.lower())
+            ):
+                continue
+            if phrase:
+                things.setdefault(phrase.lower(), phrase)
+    return list(things.values())
