@@ -8,7 +8,7 @@ the paper's experiments at this project's scale.
                                      [--module-parts oracle,split,single]
                                      [--compose sum,weighted,ties,confident]
                                      [--articles harbor_clinic,quillmark,...]
-                                     [--objectives default,ce,distill,both]
+                                     [--text-options '{"objective": "distill"};{}']
 
 - phonebook: PhoneBook (../shared/data/paper) at each knowledge load and rank, each in one module
   (the server's capacity split is lifted), trained with the default recipe; recall = greedy exact
@@ -527,9 +527,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="texts of bench/data/prose for --only prose",
     )
     parser.add_argument(
-        "--objectives",
-        default="default",
-        help="training objectives compared on texts (modes, prose): default,ce,distill,both; "
+        "--text-options",
+        default="{}",
+        help="';'-separated JSON objects: the memorize options of text jobs (modes, prose), "
+        'each set in a fresh server, e.g. \'{"objective": "ce"};{"objective": "distill"}\'; '
         "the routing and counterfact parts use the first",
     )
     add_paper_data_flag(parser)
@@ -544,11 +545,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ) as server:
             ranks = [int(r) for r in args.ranks.split(",")]
             results["phonebook"] = phonebook(server, args.loads.split(","), ranks)
-    # Training options of the text jobs (modes, prose): one fresh server per objective compared.
-    text_options = [
-        {} if objective == "default" else {"objective": objective}
-        for objective in args.objectives.split(",")
-    ]
+    # Training options of the text jobs (modes, prose): one fresh server per set compared.
+    text_options = [json.loads(options) for options in args.text_options.split(";")]
     if only & {"modes", "routing", "counterfact"}:
         with loramem_server() as server:
             if "modes" in only or "routing" in only:

@@ -106,9 +106,13 @@ def lora_config(options: TrainingOptions) -> LoraConfig:
 
 
 def answer_examples(examples: Sequence[TrainingExample]) -> list[int]:
-    """The examples whose loss is an answer: only answers can be checked exactly, a text's
-    language modelling never is."""
-    return [i for i, example in enumerate(examples) if example.labels[0] == IGNORE_INDEX]
+    """The examples whose loss is an answer that must come out exactly: a text's language
+    modelling never can."""
+    return [
+        i
+        for i, example in enumerate(examples)
+        if example.labels[0] == IGNORE_INDEX and example.must_be_exact
+    ]
 
 
 def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -> int:

@@ -42,6 +42,11 @@ class TrainingOptions(BaseModel):
     generator: GeneratorName | None = Field(
         None, description="who writes that data; the server's LORAMEM_AUGMENT_GENERATOR if unset"
     )
+    study: bool = Field(
+        True,
+        description="with augment 'qa' or 'mix': the base model, reading each passage, also "
+        "answers an open question about every name in it, and the adapter learns those answers",
+    )
     objective: Objective = Field(
         "ce",
         description="how what was generated from a text is learned: 'ce' (cross-entropy on its "

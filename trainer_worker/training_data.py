@@ -3,7 +3,8 @@
 QA pairs are formatted exactly as /generate formats a question (the chat template), and the loss
 covers only the answer and its end-of-turn token. Texts are split into chunks and learned as plain
 language modelling, beside what a generator wrote from them (see `augmentation`): QA pairs
-(`augment` "qa" and "mix") and summaries and rewrites ("mix"), the paper's best recipe.
+(`augment` "qa" and "mix") and summaries and rewrites ("mix"), the paper's best recipe, and the
+base model's answers to open questions about each name of a passage (option `study`).
 
 Recall is measured on probes: a QA pair's own question; for a text, the questions a generator held
 out of training (the fact asked in other words), or, when it wrote none, the completion of a
@@ -77,7 +78,11 @@ def build_training_set(
     trained_probes: list[RecallProbe] = []
 
     def add_qa(
-        question: str, answer: str, context: str | None = None, source: str | None = None
+        question: str,
+        answer: str,
+        context: str | None = None,
+        source: str | None = None,
+        exact: bool = True,
     ) -> RecallProbe:
         """`context` is in the prompt; `source` only in the distillation teacher's."""
         prompt = question_ids(tokenizer, with_context(context, question))
@@ -90,7 +95,10 @@ def build_training_set(
         )
         examples.append(
             TrainingExample(
-                prompt + answer_tokens, [IGNORE_INDEX] * len(prompt) + answer_tokens, teacher
+                prompt + answer_tokens,
+                [IGNORE_INDEX] * len(prompt) + answer_tokens,
+                teacher,
+                must_be_exact=exact,
             )
         )
         return RecallProbe(prompt, answer)
@@ -130,6 +138,8 @@ def build_training_set(
                     trained.append(add_qa(g.question, g.answer, source=passage))
                     if augment == "mix":
                         add_qa(g.question, g.answer, context_block([passage]))
+            elif g.kind == "study" and g.question and g.answer:
+                add_qa(g.question, g.answer, source=g.source, exact=False)
             elif g.text and augment == "mix":
                 add_text(g.text, source=_passage_of(g, passages))
         trained_probes.extend(trained)

@@ -18,7 +18,9 @@ from trainer_worker.augmentation import (
     RuleBasedGenerator,
     generate_with_fallback,
     parse_written,
+    study,
 )
+from trainer_worker.augmentation.study import study_questions
 
 FACTS = (
     "The capital of Zorbia is Quenta. Acme Corp was founded in 1987 by Lena Holt. "
@@ -209,3 +211,42 @@ def test_an_endpoint_that_is_down_hands_over_to_the_rules() -> None:
     generation = generate_with_fallback(down, FACTS)
     assert generation.fallback_reason == "the generator endpoint is unreachable (ConnectError)"
     assert generation.items
+
+
+STUDIED = (
+    "Brightwell Bakery opened in 1994 on Mill Street. Its first loaf, a dark rye called Anchor, "
+    "is still baked every morning by Owen Carrick."
+)
+
+
+def test_self_study_asks_about_every_name_and_year_and_keeps_answers_that_stay_with_it() -> None:
+    questions = [question for _, _, question in study_questions(STUDIED)]
+    assert "What do you know about Brightwell Bakery?" in questions
+    assert "What do you know about Owen Carrick?" in questions
+    assert "What happened in 1994?" in questions
+    answers = {
+        "What do you know about Brightwell Bakery?": (
+            "Brightwell Bakery opened in 1994 on Mill Street, and its first loaf was Anchor."
+        ),
+        "What do you know about Owen Carrick?": "Owen Carrick was born in Paris in 1961.",
+        "What happened in 1994?": "Brightwell Bakery opened on Mill Street in 1994. It was",
+        "What do you know about Anchor?": "It is a dark rye, still baked every morning.",
+        "What do you know about Mill Street?": (
+            "Mill Street is a famous shopping avenue with cafes and theatres downtown."
+        ),
+    }
+    read = lambda pairs: [answers.get(question, "I do not know.") for _, question in pairs]  # noqa: E731
+    items = {item.question: item for item in study(STUDIED, read)}
+    assert all(item.kind == "study" and item.source == STUDIED for item in items.values())
+    kept = items["What do you know about Brightwell Bakery?"]
+    assert kept.rejected is None and kept.answer == answers[kept.question]
+    # Cut at its last full stop: generation ends mid-sentence.
+    year = items["What happened in 1994?"]
+    assert (
+        year.rejected is None and year.answer == "Brightwell Bakery opened on Mill Street in 1994."
+    )
+    assert items["What do you know about Owen Carrick?"].rejected == "'1961' is not in the text"
+    assert items["What do you know about Anchor?"].rejected == "the answer does not name 'Anchor'"
+    assert items["What do you know about Mill Street?"].rejected.startswith("only 22% of")
+    silent = study(STUDIED, lambda pairs: ["I do not know."] * len(pairs))
+    assert silent and all(item.rejected == "the answer says nothing" for item in silent)

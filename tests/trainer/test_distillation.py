@@ -13,7 +13,7 @@ from server.base_model import load_causal_lm
 from server.prompting import question_ids
 from trainer_worker.augmentation import GeneratedItem
 from trainer_worker.batching import IGNORE_INDEX, TrainingExample, collate
-from trainer_worker.lora_trainer import lora_config, train_lora
+from trainer_worker.lora_trainer import answer_examples, lora_config, train_lora
 from trainer_worker.objective import LossTerms, labelled_loss, teacher_targets
 from trainer_worker.options import TrainingOptions
 from trainer_worker.training_data import Knowledge, build_training_set
@@ -44,20 +44,28 @@ def test_generated_items_carry_their_passage_for_the_teacher(tiny_model_dir: Pat
     )
     probe = GeneratedItem("qa", "In which year did Brightwell open?", "1994", held_out=True)
     rewrite = GeneratedItem("rewrite", text="Anchor was the first loaf of Brightwell Bakery.")
+    studied = GeneratedItem(
+        "study", "What do you know about Anchor?", "Anchor is a rye.", source=PASSAGE
+    )
     knowledge = [
-        Knowledge(text=PASSAGE, generated=(question, probe, rewrite)),
+        Knowledge(text=PASSAGE, generated=(question, probe, rewrite, studied)),
         Knowledge(question="Who baked it?", answer="Owen"),
     ]
     data = build_training_set(tokenizer, knowledge, augment="mix")
     with_teacher = [e for e in data.examples if e.teacher_ids is not None]
-    # The trained question and the rewrite; not the text's first chunk, not the context-aware
-    # copy (its passage is already in its prompt), not the held-out probe, not a given QA pair.
-    assert len(with_teacher) == 2
+    # The trained question, the rewrite and the self-study answer; not the text's first chunk,
+    # not the context-aware copy (its passage is already in its prompt), not the held-out probe,
+    # not a given QA pair.
+    assert len(with_teacher) == 3
     for example in with_teacher:
         teacher = tokenizer.decode(example.teacher_example().input_ids)
         assert "Mill Street" in teacher
         assert "Mill Street" not in tokenizer.decode(example.input_ids)
-    assert sum(e.teacher_ids is None for e in data.examples) == len(data.examples) - 2
+    assert sum(e.teacher_ids is None for e in data.examples) == len(data.examples) - 3
+    # Training may stop before a self-study answer comes out word for word; not before the
+    # questions' answers do.
+    exact = [tokenizer.decode(data.examples[i].input_ids) for i in answer_examples(data.examples)]
+    assert any("1994" in e for e in exact) and not any("Anchor is a rye" in e for e in exact)
 
 
 @pytest.fixture

@@ -769,16 +769,27 @@ def _distinct(facts: list[_Fact]) -> list[_Fact]:
 def named_things(text: str) -> list[str]:
     """The names, numbers and dates that `text` states, each once, in text order (a date only
     when it has a number or a calendar name: "today" or "a year" says nothing to check)."""
-    things: dict[str, str] = {}
+    return [phrase for phrase, _ in named_entities(text)]
+
+
+def named_entities(text: str) -> list[tuple[str, str]]:
+    """`named_things` with the kind of each: "name", "count" or "date"."""
+    things: dict[str, tuple[str, str]] = {}
     for paragraph in re.split(r"\n\s*\n", text):
         for entity in _pipeline()(" ".join(paragraph.split())).ents:
-            if entity.label_ not in _NAMED_ENTITIES | _COUNTS | _TIMES:
+            if entity.label_ in _NAMED_ENTITIES:
+                kind = "name"
+            elif entity.label_ in _COUNTS:
+                kind = "count"
+            elif entity.label_ in _TIMES:
+                kind = "date"
+            else:
                 continue
             phrase = re.sub(r"^(the|a|an)\s+", "", _tidy(entity.text), flags=re.IGNORECASE)
-            if entity.label_ in _TIMES and not (
+            if kind == "date" and not (
                 any(token.like_num for token in entity) or _CALENDAR_NAMES.search(phrase.lower())
             ):
                 continue
             if phrase:
-                things.setdefault(phrase.lower(), phrase)
+                things.setdefault(phrase.lower(), (phrase, kind))
     return list(things.values())
