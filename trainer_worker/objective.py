@@ -90,6 +90,12 @@ def labelled_loss(
     terms = terms or LossTerms()
     picked, wanted, rows, head = _labelled_hidden(model, batch)
     teacher = _aligned_teacher(terms, wanted, rows, picked.shape[-1])
+    # What a position must predict to count as learned: its label, or where only the teacher
+    # teaches it, the teacher's first choice (which the label may word otherwise).
+    _, distilled, top_ids, *_ = teacher
+    expected = (
+        torch.where(distilled, top_ids[:, 0], wanted) if terms.objective == "distill" else wanted
+    )
     total = picked.new_zeros((), dtype=torch.float32)
     wrong = torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=picked.device)
     chunked = len(wanted) > HEAD_CHUNK_TOKENS
@@ -103,11 +109,11 @@ def labelled_loss(
             terms.hidden_weight,
         )
         if chunked and torch.is_grad_enabled():
-            loss, hits = checkpoint(_head_loss, *arguments, use_reentrant=False)
+            loss, predicted = checkpoint(_head_loss, *arguments, use_reentrant=False)
         else:
-            loss, hits = _head_loss(*arguments)
+            loss, predicted = _head_loss(*arguments)
         total = total + loss
-        wrong.index_add_(0, rows[part], (~hits).long())
+        wrong.index_add_(0, rows[part], (predicted != expected[part]).long())
     return LabelledLoss(total, len(wanted), (wrong == 0).tolist())
 
 
@@ -157,6 +163,7 @@ def _head_loss(
     teacher_hidden: torch.Tensor,
     hidden_weight: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's summed loss and the student's first choice at each position."""
     logits = head(hidden).float()
     loss = (F.cross_entropy(logits, wanted, reduction="none") * cross_entropy_weight).sum()
     if bool(distilled.any()):
@@ -169,7 +176,7 @@ def _head_loss(
         own, target = hidden[distilled].float(), teacher_hidden[distilled]
         l1 = (own - target).abs().sum(-1) / target.abs().sum(-1).clamp(min=1e-8)
         loss = loss + (kl + hidden_weight * l1).sum()
-    return loss, logits.argmax(-1) == wanted
+    return loss, logits.argmax(-1)
 
 
 def teacher_targets(

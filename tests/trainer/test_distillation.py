@@ -128,3 +128,14 @@ def test_distillation_teaches_the_student_what_the_teacher_reads(tiny) -> None: 
         logits = student(input_ids=batch["input_ids"]).logits[0, :-1]
     answer = batch["labels"][0, 1:] != IGNORE_INDEX
     assert logits[answer].argmax(-1).tolist() == teachers[0].top_ids[:, 0].tolist()
+
+
+def test_distillation_stops_once_the_student_chooses_as_its_teacher(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = tiny
+    examples = [_example_with_passage(tokenizer)]
+    options = TrainingOptions(objective="distill", steps=300, learning_rate=1e-2, dropout=0.0)
+    seen: list[int] = []
+    train_lora(model, tokenizer.pad_token_id, examples, options, lambda s, t, loss: seen.append(s))
+    # The label (" Anchor rye") is not what the random teacher would say: only matching the
+    # teacher's choices can end training before its budget.
+    assert seen[-1] < 300
