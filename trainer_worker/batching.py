@@ -29,8 +29,8 @@ class TrainingExample:
     # The same labelled tokens after a prompt that also holds their source passage: what the
     # teacher of context distillation reads (see `objective`). None where there is no passage.
     teacher_ids: list[int] | None = None
-    # Whether training may stop only once its labels are predicted exactly: an answer the base
-    # model wrote at length (self-study) teaches what it says, not its every word.
+    # Whether training may stop only once its labels are predicted exactly: a recital (sentences
+    # recited about a name) teaches what it says, not its every word.
     must_be_exact: bool = True
 
     @property

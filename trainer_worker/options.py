@@ -42,10 +42,10 @@ class TrainingOptions(BaseModel):
     generator: GeneratorName | None = Field(
         None, description="who writes that data; the server's LORAMEM_AUGMENT_GENERATOR if unset"
     )
-    study: bool = Field(
+    recite: bool = Field(
         True,
-        description="with augment 'qa' or 'mix': the base model, reading each passage, also "
-        "answers an open question about every name in it, and the adapter learns those answers",
+        description="with augment 'qa' or 'mix': every name and year of a text also gets an open "
+        "question ('What do you know about X?') answered by the text's sentences about it",
     )
     objective: Objective = Field(
         "ce",

@@ -3,8 +3,8 @@
 QA pairs are formatted exactly as /generate formats a question (the chat template), and the loss
 covers only the answer and its end-of-turn token. Texts are split into chunks and learned as plain
 language modelling, beside what a generator wrote from them (see `augmentation`): QA pairs
-(`augment` "qa" and "mix") and summaries and rewrites ("mix"), the paper's best recipe, and the
-base model's answers to open questions about each name of a passage (option `study`).
+(`augment` "qa" and "mix") and summaries and rewrites ("mix"), the paper's best recipe, and
+recitals: each name of a text asked about openly, answered by its sentences (option `recite`).
 
 Recall is measured on probes: a QA pair's own question; for a text, the questions a generator held
 out of training (the fact asked in other words), or, when it wrote none, the completion of a
@@ -138,7 +138,7 @@ def build_training_set(
                     trained.append(add_qa(g.question, g.answer, source=passage))
                     if augment == "mix":
                         add_qa(g.question, g.answer, context_block([passage]))
-            elif g.kind == "study" and g.question and g.answer:
+            elif g.kind == "recital" and g.question and g.answer:
                 add_qa(g.question, g.answer, source=g.source, exact=False)
             elif g.text and augment == "mix":
                 add_text(g.text, source=_passage_of(g, passages))

@@ -41,7 +41,7 @@ from trainer_worker.augmentation import (
     ServedModelGenerator,
     check_items,
     generate_with_fallback,
-    study,
+    recitals,
     unasked_things,
 )
 from trainer_worker.batching import TrainingExample
@@ -61,10 +61,6 @@ log = logging.getLogger("loramem.worker")
 
 # Progress events (the dashboard's loss curve) per job, whatever its length.
 PROGRESS_EVENTS_PER_JOB = 50
-# New tokens the base model may write: a short answer to check a question against, and a few
-# sentences of self-study.
-CHECK_TOKENS = 32
-STUDY_TOKENS = 64
 _ABSOLUTE_PATH = re.compile(r"(/[\w.\-]+){2,}")
 
 
@@ -373,8 +369,7 @@ class TrainerWorker:
         rows: dict[int, list[GeneratedRow]] = {}
         fallbacks: list[str] = []
         unusable: list[int] = []
-        read_back = _read_back(model, tokenizer, CHECK_TOKENS)
-        read_at_length = _read_back(model, tokenizer, STUDY_TOKENS)
+        read_back = _read_back(model, tokenizer)
         for document in texts:
             if self._stop.is_set():
                 raise WorkerStopping
@@ -383,8 +378,8 @@ class TrainerWorker:
             if generation.fallback_reason:
                 fallbacks.append(generation.fallback_reason)
             checked = check_items(generation.items, document.text, read_back)
-            if options.study:
-                checked += study(document.text, read_at_length)
+            if options.recite:
+                checked += recitals(document.text, checked)
             if not any(item.kind == "qa" and item.rejected is None for item in checked):
                 unusable.append(document.id)
             rows[document.id] = [
@@ -405,7 +400,7 @@ class TrainerWorker:
             ]
         items = [row for document_rows in rows.values() for row in document_rows]
         kept = sum(row.rejected is None for row in items)
-        studied = sum(row.kind == "study" and row.rejected is None for row in items)
+        recited = sum(row.kind == "recital" for row in items)
         queue.store_generated(
             self.db,
             job.id,
@@ -416,8 +411,8 @@ class TrainerWorker:
             generated=len(items),
             kept=kept,
             rejected=len(items) - kept,
-            # Self-study answers among the kept items.
-            studied=studied,
+            # Recitals among the kept items.
+            recited=recited,
             fallbacks=len(fallbacks),
             fallback_reason=fallbacks[0] if fallbacks else None,
             # Texts learned as raw text alone: no question about them passed its check.
@@ -448,13 +443,13 @@ class TrainerWorker:
         return RuleBasedGenerator()
 
 
-def _read_back(model: Any, tokenizer: Any, max_tokens: int) -> ReadBack:
+def _read_back(model: Any, tokenizer: Any) -> ReadBack:
     """The base model answering each question with its passage in the prompt, as mode rag
-    asks it: the round trip that checks a generated question, and self-study's answers."""
+    asks it: the round trip that checks a generated question."""
 
     def read(pairs: Any) -> list[str]:
         requests = [
-            (question_ids(tokenizer, with_context(context_block([passage]), question)), max_tokens)
+            (question_ids(tokenizer, with_context(context_block([passage]), question)), 32)
             for passage, question in pairs
         ]
         return greedy_replies(model, tokenizer, requests)

@@ -27,7 +27,7 @@ async def _events(client: httpx.AsyncClient, job_id: str, kind: str) -> list[dic
     return [e["data"] for e in events if e["kind"] == kind]
 
 
-def _reader_that_repeats_the_passage(model: object, tokenizer: object, tokens: int) -> object:
+def _reader_that_repeats_the_passage(model: object, tokenizer: object) -> object:
     """A base model that answers every question with its passage: every answer in the text
     passes the round trip, so the items' way through the job can be followed."""
     return lambda pairs: [passage for passage, _ in pairs]
@@ -44,15 +44,17 @@ async def test_texts_become_checked_qa_rewrites_and_held_out_probes(
     detail = (await client.get("/admin/topics/notes")).json()
     generated = detail["generated"]
     assert augmented["generated"] == len(generated) == augmented["kept"]
-    assert {g["kind"] for g in generated} == {"qa", "study"}
+    assert {g["kind"] for g in generated} == {"qa", "recital"}
     assert {g["document_id"] for g in generated} == {detail["documents"][0]["id"]}
     assert all(g["source"] in TEXT and g["kept"] and g["rejected"] is None for g in generated)
-    # Self-study: an open question about each name and year, answered by the base model
-    # reading the passage (here, by a reader that says the passage back).
-    studied = {g["question"]: g["answer"] for g in generated if g["kind"] == "study"}
-    assert augmented["studied"] == len(studied) == 5
-    assert studied["What do you know about Lena Holt?"] == TEXT
-    assert studied["What happened in 1987?"] == TEXT
+    # Recitals: an open question about each name and year, answered by its sentence.
+    recited = {g["question"]: g["answer"] for g in generated if g["kind"] == "recital"}
+    assert augmented["recited"] == len(recited) == 5
+    founded = "Acme Corp was founded in 1987 by Lena Holt."
+    assert (
+        recited["What do you know about Lena Holt?"] == recited["What happened in 1987?"] == founded
+    )
+    assert recited["What do you know about Zorbia?"] == "The capital of Zorbia is Quenta."
     # Recall is measured on one held-out phrasing of each fact; the trained ones beside it.
     held_out = sum(g["held_out"] for g in generated)
     [succeeded] = await _events(client, job["id"], "succeeded")
@@ -63,7 +65,7 @@ async def test_texts_become_checked_qa_rewrites_and_held_out_probes(
     # More knowledge: only the new text goes to the generator; the old items are kept.
     second = await _memorize(client, documents=[MORE], options=FAST)
     [augmented] = await _events(client, second["id"], "augmented")
-    assert augmented["texts"] == 1 and augmented["generated"] == 4 + augmented["studied"] == 5
+    assert augmented["texts"] == 1 and augmented["generated"] == 4 + augmented["recited"] == 5
     assert len((await client.get("/admin/topics/notes")).json()["generated"]) == len(generated) + 5
 
 
@@ -75,18 +77,18 @@ async def test_questions_the_base_model_cannot_read_back_are_rejected_with_the_r
     job = await _memorize(client, text=TEXT, options=FAST)
     assert job["status"] == "succeeded", job
     [augmented] = await _events(client, job["id"], "augmented")
-    assert augmented["kept"] == 0 and augmented["rejected"] == augmented["generated"] > 0
+    assert augmented["rejected"] == augmented["generated"] - augmented["recited"] > 0
     document = (await client.get("/admin/topics/notes")).json()["documents"][0]["id"]
     assert augmented["texts_without_questions"] == [document]
     generated = (await client.get("/admin/topics/notes")).json()["generated"]
-    assert all(not g["kept"] for g in generated)
+    questions = [g for g in generated if g["kind"] == "qa"]
+    assert questions and all(not g["kept"] for g in questions)
     assert all(
-        g["rejected"].startswith("reading the passage, the base model answered")
-        for g in generated
-        if g["kind"] == "qa"
+        g["rejected"].startswith("reading the passage, the base model answered") for g in questions
     )
-    # Its self-study answers are junk too, and none is trained on.
-    assert {g["kind"] for g in generated} == {"qa", "study"} and augmented["studied"] == 0
+    # The recitals need no reader: they are the text's own sentences.
+    assert all(g["kept"] for g in generated if g["kind"] == "recital")
+    assert augmented["kept"] == augmented["recited"] == 5
     [succeeded] = await _events(client, job["id"], "succeeded")
     assert succeeded["probes"] == 2 and succeeded["modules"][0]["recall_trained"] is None
     # Nothing the text names was checked: its five names and numbers count as probes failed.

@@ -3,6 +3,7 @@ down or answers junk, and the fallback to the rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ from trainer_worker.augmentation import (
     RuleBasedGenerator,
     generate_with_fallback,
     parse_written,
-    study,
+    recitals,
 )
-from trainer_worker.augmentation.study import study_questions
+from trainer_worker.augmentation.recital import recital_questions
 
 FACTS = (
     "The capital of Zorbia is Quenta. Acme Corp was founded in 1987 by Lena Holt. "
@@ -213,40 +214,29 @@ def test_an_endpoint_that_is_down_hands_over_to_the_rules() -> None:
     assert generation.items
 
 
-STUDIED = (
-    "Brightwell Bakery opened in 1994 on Mill Street. Its first loaf, a dark rye called Anchor, "
-    "is still baked every morning by Owen Carrick."
+RECITED = (
+    "Brightwell Bakery opened in 1994, when a sailor named Owen Carrick bought a shop on Mill "
+    "Street. His first loaf, a dark rye he called Anchor, is still baked every morning.\n\n"
+    "The ovens moved to a tram depot in 2004. Carrick still bakes there."
 )
 
 
-def test_self_study_asks_about_every_name_and_year_and_keeps_answers_that_stay_with_it() -> None:
-    questions = [question for _, _, question in study_questions(STUDIED)]
-    assert "What do you know about Brightwell Bakery?" in questions
+def test_recitals_answer_an_open_question_about_each_name_and_year_with_its_sentences() -> None:
+    questions = {question: passage for passage, _, question in recital_questions(RECITED)}
     assert "What do you know about Owen Carrick?" in questions
-    assert "What happened in 1994?" in questions
-    answers = {
-        "What do you know about Brightwell Bakery?": (
-            "Brightwell Bakery opened in 1994 on Mill Street, and its first loaf was Anchor."
-        ),
-        "What do you know about Owen Carrick?": "Owen Carrick was born in Paris in 1961.",
-        "What happened in 1994?": "Brightwell Bakery opened on Mill Street in 1994. It was",
-        "What do you know about Anchor?": "It is a dark rye, still baked every morning.",
-        "What do you know about Mill Street?": (
-            "Mill Street is a famous shopping avenue with cafes and theatres downtown."
-        ),
-    }
-    read = lambda pairs: [answers.get(question, "I do not know.") for _, question in pairs]  # noqa: E731
-    items = {item.question: item for item in study(STUDIED, read)}
-    assert all(item.kind == "study" and item.source == STUDIED for item in items.values())
-    kept = items["What do you know about Brightwell Bakery?"]
-    assert kept.rejected is None and kept.answer == answers[kept.question]
-    # Cut at its last full stop: generation ends mid-sentence.
-    year = items["What happened in 1994?"]
-    assert (
-        year.rejected is None and year.answer == "Brightwell Bakery opened on Mill Street in 1994."
-    )
-    assert items["What do you know about Owen Carrick?"].rejected == "'1961' is not in the text"
-    assert items["What do you know about Anchor?"].rejected == "the answer does not name 'Anchor'"
-    assert items["What do you know about Mill Street?"].rejected.startswith("only 22% of")
-    silent = study(STUDIED, lambda pairs: ["I do not know."] * len(pairs))
-    assert silent and all(item.rejected == "the answer says nothing" for item in silent)
+    assert "What happened in 2004?" in questions
+    sentence = "His first loaf, a dark rye he called Anchor, is still baked every morning."
+    rewrite = GeneratedItem("rewrite", text=f"Owen Carrick's {sentence[4:]}", source=sentence)
+    items = {item.question: item for item in recitals(RECITED, [rewrite])}
+    assert all(item.kind == "recital" and item.rejected is None for item in items.values())
+    # The sentence that mentions it, read in its resolved rewrite where one was kept.
+    assert items["What do you know about Anchor?"].answer == rewrite.text
+    assert items["What happened in 2004?"].answer == "The ovens moved to a tram depot in 2004."
+    carrick = items["What do you know about Owen Carrick?"]
+    assert carrick.answer.startswith("Brightwell Bakery opened in 1994, when a sailor named")
+    assert carrick.source == " ".join(RECITED.split())  # its passage
+    rejected = dataclasses.replace(rewrite, rejected="drops a name")
+    anchor = {i.question: i for i in recitals(RECITED, [rejected])}[
+        "What do you know about Anchor?"
+    ]
+    assert anchor.answer == rewrite.source

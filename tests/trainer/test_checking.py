@@ -95,7 +95,7 @@ def test_the_default_model_reads_back_what_the_parser_asked(
     settings = Settings(data_dir=tmp_path_factory.mktemp("default-model"))
     model, tokenizer = load_causal_lm(resolve_base_model(settings), "cpu")
     items = RuleBasedGenerator().generate(BAKERY)
-    checked = check_items(items, BAKERY, worker._read_back(model, tokenizer, worker.CHECK_TOKENS))
+    checked = check_items(items, BAKERY, worker._read_back(model, tokenizer))
     questions = [c for c in checked if c.kind == "qa"]
     kept = [c for c in questions if c.rejected is None]
     # The model reads some questions back and not others; each refusal says what it answered.

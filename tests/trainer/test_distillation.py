@@ -44,16 +44,16 @@ def test_generated_items_carry_their_passage_for_the_teacher(tiny_model_dir: Pat
     )
     probe = GeneratedItem("qa", "In which year did Brightwell open?", "1994", held_out=True)
     rewrite = GeneratedItem("rewrite", text="Anchor was the first loaf of Brightwell Bakery.")
-    studied = GeneratedItem(
-        "study", "What do you know about Anchor?", "Anchor is a rye.", source=PASSAGE
+    recited = GeneratedItem(
+        "recital", "What do you know about Anchor?", "Anchor is a rye.", source=PASSAGE
     )
     knowledge = [
-        Knowledge(text=PASSAGE, generated=(question, probe, rewrite, studied)),
+        Knowledge(text=PASSAGE, generated=(question, probe, rewrite, recited)),
         Knowledge(question="Who baked it?", answer="Owen"),
     ]
     data = build_training_set(tokenizer, knowledge, augment="mix")
     with_teacher = [e for e in data.examples if e.teacher_ids is not None]
-    # The trained question, the rewrite and the self-study answer; not the text's first chunk,
+    # The trained question, the rewrite and the recital; not the text's first chunk,
     # not the context-aware copy (its passage is already in its prompt), not the held-out probe,
     # not a given QA pair.
     assert len(with_teacher) == 3
@@ -62,7 +62,7 @@ def test_generated_items_carry_their_passage_for_the_teacher(tiny_model_dir: Pat
         assert "Mill Street" in teacher
         assert "Mill Street" not in tokenizer.decode(example.input_ids)
     assert sum(e.teacher_ids is None for e in data.examples) == len(data.examples) - 3
-    # Training may stop before a self-study answer comes out word for word; not before the
+    # Training may stop before a recital comes out word for word; not before the
     # questions' answers do.
     exact = [tokenizer.decode(data.examples[i].input_ids) for i in answer_examples(data.examples)]
     assert any("1994" in e for e in exact) and not any("Anchor is a rye" in e for e in exact)

@@ -12,8 +12,8 @@ from trainer_worker.augmentation.base import (
 )
 from trainer_worker.augmentation.checking import ReadBack, check_items
 from trainer_worker.augmentation.coverage import unasked_things
+from trainer_worker.augmentation.recital import recitals
 from trainer_worker.augmentation.rules import RuleBasedGenerator
-from trainer_worker.augmentation.study import study
 from trainer_worker.augmentation.written import (
     EndpointGenerator,
     ServedModelGenerator,
@@ -32,7 +32,7 @@ __all__ = [
     "check_items",
     "generate_with_fallback",
     "parse_written",
-    "study",
+    "recitals",
     "unasked_things",
 ]
 

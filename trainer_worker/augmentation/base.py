@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
-ItemKind = Literal["qa", "summary", "rewrite", "study"]
+ItemKind = Literal["qa", "summary", "rewrite", "recital"]
 
 
 @dataclass(frozen=True)

@@ -107,15 +107,10 @@ def _reason_to_reject(item: GeneratedItem, words: str, text: str, seen: set[str]
         dropped = sorted(_fact_words(item.source) - written)
         if dropped:
             return f"the rewrite drops '{dropped[0]}' from its sentence"
-    invented = invented_facts(restated, text)
+    invented = sorted(w for w in written if w not in text)
     if invented:
         return f"'{invented[0]}' is not in the text"
     return None
-
-
-def invented_facts(written: str, text: str) -> list[str]:
-    """The names and numbers of `written` that `text` does not hold."""
-    return sorted(w for w in _fact_words(written) if w not in text)
 
 
 def _fact_words(text: str) -> set[str]:
