@@ -92,7 +92,13 @@ def create_app(
 
             state.changes = RegistryChanges(asyncio.get_running_loop())
             worker = start_embedded(
-                settings, db, metrics_registry.training_step.observe, state.changes.notify
+                settings,
+                db,
+                metrics_registry.training_step.observe,
+                state.changes.notify,
+                # The HF engine's base weights, once it has started: the trainer reads them
+                # instead of holding a second copy.
+                lambda: state.engine.base_model() if state.engine is not None else None,
             )
         state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         try:

@@ -86,12 +86,16 @@ class TrainerWorker:
         worker_id: str | None = None,
         observe_step: Callable[[float], None] | None = None,
         on_published: Callable[[], None] | None = None,
+        shared_base_model: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.observe_step = observe_step
         # Called after each publish (the embedded worker wakes its server's pollers).
         self.on_published = on_published
+        # The base model already in memory (the serving engine's, in the embedded default),
+        # or None: jobs train on its weights instead of a copy of their own.
+        self.shared_base_model = shared_base_model
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._base_model_path: Path | None = None
         self._stop = threading.Event()
@@ -152,7 +156,10 @@ class TrainerWorker:
             ) from error
         if self._base_model_path is None:
             self._base_model_path = resolve_base_model(self.settings)
-        model, tokenizer = load_causal_lm(self._base_model_path, self.settings.device)
+        sharing = self.shared_base_model() if self.shared_base_model is not None else None
+        model, tokenizer = load_causal_lm(self._base_model_path, self.settings.device, sharing)
+        if sharing is not None:
+            log.info("job %s trains on the serving engine's base weights, shared", job.id)
         documents = self._knowledge(job, options, model, tokenizer)
         capacity = module_capacity(
             options.rank, self.settings.module_tokens_per_rank, self.settings.module_max_tokens
@@ -469,10 +476,17 @@ def start_embedded(
     db: Database,
     observe_step: Callable[[float], None] | None = None,
     on_published: Callable[[], None] | None = None,
+    shared_base_model: Callable[[], Any] | None = None,
 ) -> tuple[threading.Thread, threading.Event]:
     """The worker of the embedded default: a thread of the server process."""
     stop = threading.Event()
-    worker = TrainerWorker(settings, db, observe_step=observe_step, on_published=on_published)
+    worker = TrainerWorker(
+        settings,
+        db,
+        observe_step=observe_step,
+        on_published=on_published,
+        shared_base_model=shared_base_model,
+    )
     thread = threading.Thread(target=worker.run, args=(stop,), name="trainer", daemon=True)
     thread.start()
     return thread, stop

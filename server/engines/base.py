@@ -119,3 +119,8 @@ class Engine(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.kind, "adapters": self.resident_adapters()}
+
+    def base_model(self) -> Any | None:
+        """The base model as a torch module whose frozen weights a trainer in the same process
+        may share (see `base_model.load_causal_lm`); None where the engine holds none."""
+        return None

@@ -137,6 +137,9 @@ class HFEngine(Engine):
         self._thread.start()
         log.info("hf engine ready in %.1fs", time.monotonic() - started)
 
+    def base_model(self) -> Any | None:
+        return self._model
+
     async def shutdown(self) -> None:
         with self._wakeup:
             self._stopping = True
