@@ -92,10 +92,10 @@ def labelled_loss(
     teacher = _aligned_teacher(terms, wanted, rows, picked.shape[-1])
     # What a position must predict to count as learned: its label, or where only the teacher
     # teaches it, the teacher's first choice (which the label may word otherwise).
-    _, distilled, top_ids, *_ = teacher
-    expected = (
-        torch.where(distilled, top_ids[:, 0], wanted) if terms.objective == "distill" else wanted
-    )
+    expected = wanted
+    if teacher is not None and terms.objective == "distill":
+        _, distilled, top_ids, *_ = teacher
+        expected = torch.where(distilled, top_ids[:, 0], wanted)
     total = picked.new_zeros((), dtype=torch.float32)
     wrong = torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=picked.device)
     chunked = len(wanted) > HEAD_CHUNK_TOKENS
@@ -105,7 +105,7 @@ def labelled_loss(
             head,
             picked[part],
             wanted[part],
-            *(tensor[part] for tensor in teacher),
+            *((None,) * 5 if teacher is None else (tensor[part] for tensor in teacher)),
             terms.hidden_weight,
         )
         if chunked and torch.is_grad_enabled():
@@ -119,26 +119,28 @@ def labelled_loss(
 
 def _aligned_teacher(
     terms: LossTerms, wanted: torch.Tensor, rows: torch.Tensor, width: int
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, ...] | None:
     """Per labelled position: the cross-entropy weight (0 or 1), whether it is distilled, and
-    the teacher's targets (zeros where a position is not distilled)."""
+    the teacher's targets (zeros where a position is not distilled); None when no row of the
+    batch is distilled, as with the default objective, which then computes nothing more."""
+    if terms.objective == "ce" or all(teacher is None for teacher in terms.teachers):
+        return None
     positions = len(wanted)
     device = wanted.device
     distilled = torch.zeros(positions, dtype=torch.bool, device=device)
     top_ids = torch.zeros((positions, TEACHER_TOP_K), dtype=torch.long, device=device)
     top_logprobs = torch.zeros((positions, TEACHER_TOP_K), device=device)
     hidden = torch.zeros((positions, width), device=device)
-    if terms.objective != "ce":
-        for row, teacher in enumerate(terms.teachers):
-            if teacher is None:
-                continue
-            at = (rows == row).nonzero()[:, 0]
-            if len(at) != len(teacher.top_ids):
-                raise ValueError("a teacher's positions do not match its example's labels")
-            distilled[at] = True
-            top_ids[at] = teacher.top_ids.to(device)
-            top_logprobs[at] = teacher.top_logprobs.to(device)
-            hidden[at] = teacher.hidden.to(device, torch.float32)
+    for row, teacher in enumerate(terms.teachers):
+        if teacher is None:
+            continue
+        at = (rows == row).nonzero()[:, 0]
+        if len(at) != len(teacher.top_ids):
+            raise ValueError("a teacher's positions do not match its example's labels")
+        distilled[at] = True
+        top_ids[at] = teacher.top_ids.to(device)
+        top_logprobs[at] = teacher.top_logprobs.to(device)
+        hidden[at] = teacher.hidden.to(device, torch.float32)
     cross_entropy = (
         torch.ones(positions, device=device) if terms.objective == "both" else (~distilled).float()
     )
@@ -156,15 +158,20 @@ def _head_loss(
     head: Any,
     hidden: torch.Tensor,
     wanted: torch.Tensor,
-    cross_entropy_weight: torch.Tensor,
-    distilled: torch.Tensor,
-    top_ids: torch.Tensor,
-    top_logprobs: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    cross_entropy_weight: torch.Tensor | None,
+    distilled: torch.Tensor | None,
+    top_ids: torch.Tensor | None,
+    top_logprobs: torch.Tensor | None,
+    teacher_hidden: torch.Tensor | None,
     hidden_weight: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chunk's summed loss and the student's first choice at each position."""
+    """The chunk's summed loss and the student's first choice at each position (the teacher's
+    tensors are None where nothing is distilled)."""
     logits = head(hidden).float()
+    if cross_entropy_weight is None:
+        return F.cross_entropy(logits, wanted, reduction="sum"), logits.argmax(-1)
+    assert distilled is not None and top_ids is not None and top_logprobs is not None
+    assert teacher_hidden is not None
     loss = (F.cross_entropy(logits, wanted, reduction="none") * cross_entropy_weight).sum()
     if bool(distilled.any()):
         # KL(teacher || student) over the teacher's top tokens and the rest of the vocabulary

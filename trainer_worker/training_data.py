@@ -38,8 +38,8 @@ class Knowledge:
     text: str | None = None
     # What a generator wrote from this text.
     generated: tuple[GeneratedItem, ...] = ()
-    # The names, numbers and dates of the text that no kept question asks about.
-    unasked: tuple[str, ...] = ()
+    # How many names, numbers and dates of the text no kept question asks about.
+    unasked: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def build_training_set(
                 add_text(g.text, source=_passage_of(g, passages))
         trained_probes.extend(trained)
         probes.extend(held_out or trained or completions)
-    unasked = sum(len(item.unasked) for item in knowledge if item.text)
+    unasked = sum(item.unasked for item in knowledge)
     return TrainingSet(examples, probes, trained_probes, unasked)
 
 

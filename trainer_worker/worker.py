@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import re
@@ -178,7 +179,9 @@ class TrainerWorker:
         sets = {}
         for number in changed:
             knowledge = [
-                d.knowledge for d in documents if assignments.get(d.id, d.module) == number
+                _counting_unasked(d.knowledge)
+                for d in documents
+                if assignments.get(d.id, d.module) == number
             ]
             sets[number] = build_training_set(tokenizer, knowledge, options.augment)
             if not sets[number].examples:
@@ -331,21 +334,6 @@ class TrainerWorker:
         if options.augment != "none" and new_texts:
             for document, rows in self._augment(job, options, new_texts, model, tokenizer).items():
                 written[document] = rows
-        generated = {
-            d.id: tuple(
-                GeneratedItem(
-                    r.kind,  # type: ignore[arg-type]
-                    r.question,
-                    r.answer,
-                    r.text,
-                    r.held_out,
-                    r.source,
-                    r.rejected,
-                )
-                for r in written.get(d.id, [])
-            )
-            for d in documents
-        }
         return [
             StoredDocument(
                 d.id,
@@ -355,8 +343,18 @@ class TrainerWorker:
                     d.question,
                     d.answer,
                     d.text,
-                    generated[d.id],
-                    tuple(unasked_things(d.text, generated[d.id])) if d.text else (),
+                    tuple(
+                        GeneratedItem(
+                            r.kind,  # type: ignore[arg-type]
+                            r.question,
+                            r.answer,
+                            r.text,
+                            r.held_out,
+                            r.source,
+                            r.rejected,
+                        )
+                        for r in written.get(d.id, [])
+                    ),
                 ),
             )
             for d in documents
@@ -448,6 +446,15 @@ class TrainerWorker:
                 self.settings.augment_endpoint_timeout,
             )
         return RuleBasedGenerator()
+
+
+def _counting_unasked(knowledge: Knowledge) -> Knowledge:
+    """The knowledge with its count of unasked things: parsed only for the modules a job
+    trains, not for every document of the topic."""
+    if not knowledge.text:
+        return knowledge
+    unasked = unasked_things(knowledge.text, knowledge.generated)
+    return dataclasses.replace(knowledge, unasked=len(unasked))
 
 
 def _read_back(model: Any, tokenizer: Any) -> ReadBack:
