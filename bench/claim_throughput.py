@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import select
 
 from bench.common import ratio, save
-from server.registry import queue
-from server.registry.db import Database
-from server.registry.migrate import upgrade
-from server.registry.models import Topic
+from loramem.core.registry import queue
+from loramem.core.registry.db import Database
+from loramem.core.registry.migrate import upgrade
+from loramem.core.registry.models import Topic
 from tests.helpers import temporary_postgres_database
 
 

@@ -37,8 +37,8 @@ QUESTIONS = [
 
 def model_path() -> Path:
     """The default model's folder (converted on first use)."""
-    from server.base_model import resolve_base_model
-    from server.config import Settings
+    from loramem.core.base_model import resolve_base_model
+    from loramem.core.settings import Settings
 
     return resolve_base_model(Settings(model_dir=MODEL_DIR))
 
@@ -180,7 +180,7 @@ def make_adapters(model: Path, folder: Path, count: int, rank: int = 8) -> list[
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from server.base_model import load_causal_lm
+    from loramem.core.base_model import load_causal_lm
 
     base, _ = load_causal_lm(model)
     peft_model = get_peft_model(
@@ -214,11 +214,11 @@ class _Files:
 def publish(data_dir: Path, topic: str, adapter: Path, rank: int = 8) -> int:
     """Publishes `adapter` as the new active version of `topic`, as a trainer worker would: a
     job claimed, the files staged into the store, the version recorded in one fenced commit."""
-    from server.adapter_store import save_adapter
-    from server.config import Settings
-    from server.registry import queue
-    from server.registry.db import Database
-    from server.registry.migrate import upgrade
+    from loramem.core.adapter_store import save_adapter
+    from loramem.core.registry import queue, versions
+    from loramem.core.registry.db import Database
+    from loramem.core.registry.migrate import upgrade
+    from loramem.core.settings import Settings
     from tests.helpers import enqueue_job, trained_module
 
     settings = Settings(data_dir=data_dir)
@@ -234,7 +234,7 @@ def publish(data_dir: Path, topic: str, adapter: Path, rank: int = 8) -> int:
             _Files(adapter), settings.resolved_adapter_dir, job.topic_id, f"{job.id}-1-m0"
         )
         trained = trained_module(stored.relative_path, stored.sha256, rank, stored.size_bytes)
-        [published] = queue.publish_versions(db, job.id, "bench", [trained])
+        [published] = versions.publish_versions(db, job.id, "bench", [trained])
         return published.version
     finally:
         db.dispose()

@@ -58,9 +58,9 @@ def with_weights(folder: Path, work: Path) -> Path:
 async def engine_throughput(
     model: Path, adapters: list[Path], args: Any
 ) -> dict[str, dict[str, float]]:
-    from server.engines import LoRAAdapter, SamplingParams
-    from server.engines.hf import HFEngine
-    from server.prompting import question_ids
+    from loramem.core.prompting import question_ids
+    from loramem.serving.engines import LoRAAdapter, SamplingParams
+    from loramem.serving.engines.hf import HFEngine
 
     engine = HFEngine(
         model, max_batch_size=args.requests, max_resident_adapters=16, device=args.device
@@ -97,10 +97,10 @@ async def engine_throughput(
 def trainer_throughput(model: Path, args: Any) -> dict[str, Any]:
     import torch
 
-    from server.base_model import load_causal_lm
-    from trainer_worker.lora_trainer import train_lora
-    from trainer_worker.options import TrainingOptions
-    from trainer_worker.training_data import Knowledge, build_training_set
+    from loramem.core.base_model import load_causal_lm
+    from loramem.core.options import TrainingOptions
+    from loramem.trainer.lora_trainer import train_lora
+    from loramem.trainer.training_data import Knowledge, build_training_set
 
     qa = phonebook_qa("1K")
     base, tokenizer = load_causal_lm(model, args.device)

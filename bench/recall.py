@@ -63,8 +63,8 @@ from bench.common import (
     save,
     use_paper_data_flag,
 )
+from loramem.trainer.matching import normalize
 from tests.helpers import process_env, served
-from trainer_worker.matching import normalize
 
 # Made-up facts, as a user would paste them, and questions that do not reuse the text's words.
 FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -448,8 +448,8 @@ def module_tokens_per_rank(sectors: list[list[dict[str, str]]], rank: int) -> in
     from transformers import AutoTokenizer
 
     from bench.common import model_path
-    from trainer_worker.modules import knowledge_tokens
-    from trainer_worker.training_data import Knowledge
+    from loramem.trainer.modules import knowledge_tokens
+    from loramem.trainer.training_data import Knowledge
 
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     largest = max(

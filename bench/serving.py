@@ -50,8 +50,8 @@ def bare_hf(model: Path, adapters: list[Path], args: Any, device: str = "cpu") -
     import torch
     from peft import PeftModel
 
-    from server.base_model import load_causal_lm
-    from server.prompting import question_ids
+    from loramem.core.base_model import load_causal_lm
+    from loramem.core.prompting import question_ids
 
     base, tokenizer = load_causal_lm(model, device)
     tokenizer.padding_side = "left"
@@ -91,7 +91,7 @@ async def bare_vllm(model: Path, adapters: list[Path], args: Any) -> dict[str, A
     from vllm.lora.request import LoRARequest
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from server.prompting import question_ids
+    from loramem.core.prompting import question_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = [question_ids(tokenizer, QUESTIONS[n % len(QUESTIONS)]) for n in range(args.requests)]

@@ -32,11 +32,11 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from peft import get_peft_model
 
     from bench.common import model_path
-    from server.base_model import load_causal_lm
-    from server.config import Settings
-    from trainer_worker.batching import TrainingExample, collate
-    from trainer_worker.lora_trainer import ComputePlan, _Steps, lora_config, plan_compute
-    from trainer_worker.options import TrainingOptions
+    from loramem.core.base_model import load_causal_lm
+    from loramem.core.options import TrainingOptions
+    from loramem.core.settings import Settings
+    from loramem.trainer.batching import TrainingExample, collate
+    from loramem.trainer.lora_trainer import ComputePlan, _Steps, lora_config, plan_compute
 
     model, tokenizer = load_causal_lm(model_path())
     generator = torch.Generator().manual_seed(0)

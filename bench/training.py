@@ -51,9 +51,9 @@ RANK = 8
 
 
 def recall(model: Any, tokenizer: Any, qa: list[dict[str, str]]) -> float:
-    from server.prompting import question_ids
-    from trainer_worker.recall import measure_recall
-    from trainer_worker.training_data import RecallProbe
+    from loramem.core.prompting import question_ids
+    from loramem.trainer.recall import measure_recall
+    from loramem.trainer.training_data import RecallProbe
 
     probes = [RecallProbe(question_ids(tokenizer, p["question"]), p["answer"]) for p in qa]
     return measure_recall(model, tokenizer, probes, batch_size=len(qa), matches=digits_match)
@@ -154,13 +154,13 @@ def bare_loop(
 def trainer(knowledge: dict[str, Any]) -> dict[str, Any]:
     """One job (a /memorize body without its topic) through loramem's registry and trainer
     worker, in this process, with the settings of the environment."""
-    from server.config import Settings
-    from server.registry.db import Database
-    from server.registry.migrate import upgrade
-    from server.registry.models import Job
-    from server.schemas import MemorizeRequest
-    from server.services.memory import MemoryService
-    from trainer_worker.worker import TrainerWorker
+    from loramem.api.memorize.protocol import MemorizeRequest
+    from loramem.api.memorize.serving import MemoryService
+    from loramem.core.registry.db import Database
+    from loramem.core.registry.migrate import upgrade
+    from loramem.core.registry.models import Job
+    from loramem.core.settings import Settings
+    from loramem.trainer.worker import TrainerWorker
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), model_dir=MODEL_DIR)
@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if only & {"throughput", "race"}:
         qa = phonebook_qa("1K")[: args.entries]
     if "throughput" in only:
-        from server.base_model import load_causal_lm
-        from trainer_worker.training_data import Knowledge, build_training_set
+        from loramem.core.base_model import load_causal_lm
+        from loramem.trainer.training_data import Knowledge, build_training_set
 
         _, tokenizer = load_causal_lm(model_path())
         data = build_training_set(

@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import Connection
 
-from server.registry.db import create_db_engine
-from server.registry.models import Base
+from loramem.core.registry.db import create_db_engine
+from loramem.core.registry.models import Base
 
 config = context.config
 

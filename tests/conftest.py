@@ -9,9 +9,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from server import Settings
-from server.adapter_store import StoredAdapter, save_adapter
-from server.base_model import GGUF_FILE, gguf_location
+from loramem.core.adapter_store import StoredAdapter, save_adapter
+from loramem.core.base_model import GGUF_FILE, gguf_location
+from loramem.core.settings import Settings
 from tests.helpers import POSTGRES_ADMIN_URL, running_app, temporary_postgres_database
 
 
@@ -101,7 +101,7 @@ def make_adapter(
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from server.base_model import load_causal_lm
+    from loramem.core.base_model import load_causal_lm
 
     store = tmp_path_factory.mktemp("adapter-store")
 

@@ -18,11 +18,12 @@ import httpx
 import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
-from server import Settings, create_app
-from server.engines import Engine, GenerationOutput, LoRAAdapter, SamplingParams
-from server.registry import queue
-from server.registry.db import Database
-from server.registry.models import Document, Topic
+from loramem.api.app import create_app
+from loramem.core.registry import queue, versions
+from loramem.core.registry.db import Database
+from loramem.core.registry.models import Document, Topic
+from loramem.core.settings import Settings
+from loramem.serving.engines import Engine, GenerationOutput, LoRAAdapter, SamplingParams
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LORAMEM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -95,7 +96,7 @@ def free_port() -> int:
 def served(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A `loramem serve` process on a free loopback port, once ready: (base URL, process)."""
     url = f"http://127.0.0.1:{free_port()}"
-    process = spawn(["server.cli", "serve", "--port", url.rsplit(":", 1)[1]], env, log)
+    process = spawn(["loramem.cli", "serve", "--port", url.rsplit(":", 1)[1]], env, log)
     try:
         wait_http_ready(url, process)
         yield url, process
@@ -167,9 +168,9 @@ def enqueue_job(
         return queue.enqueue(session, topic, options, max_attempts=max_attempts).id
 
 
-def trained_module(path: str, sha256: str, rank: int, size_bytes: int) -> queue.TrainedModule:
+def trained_module(path: str, sha256: str, rank: int, size_bytes: int) -> versions.TrainedModule:
     """Module 0 of a job, trained with full recall and to be activated."""
-    return queue.TrainedModule(
+    return versions.TrainedModule(
         module=0,
         path=path,
         sha256=sha256,

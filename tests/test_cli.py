@@ -14,7 +14,7 @@ from tests.helpers import process_env
 
 def _loramem(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "loramem.cli", *args],
         env=process_env(**settings),
         capture_output=True,
         text=True,

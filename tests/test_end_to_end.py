@@ -39,7 +39,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("e2e-data")
     script = (
         "import logging; logging.basicConfig(level=logging.INFO);"
-        "from server.config import Settings; from server.base_model import resolve_base_model;"
+        "from loramem.core.settings import Settings;"
+        "from loramem.core.base_model import resolve_base_model;"
         "print(resolve_base_model(Settings()))"
     )
     racers = [

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from server.adapter_store import verify
-from server.registry.db import Database
-from server.registry.migrate import upgrade
-from server.registry.models import AdapterVersion, Job, JobEvent
+from loramem.core.adapter_store import verify
+from loramem.core.registry.db import Database
+from loramem.core.registry.migrate import upgrade
+from loramem.core.registry.models import AdapterVersion, Job, JobEvent
 from tests.helpers import enqueue_job, free_port, process_env, spawn, wait_http_ready
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,7 @@ def test_a_killed_worker_job_is_reclaimed_and_published_once(
         enqueue_job(db, name, SLOW_JOB, answer=name, max_attempts=3)
     store = tmp_path / "adapters"
     env = _env(database_url, tiny_model_dir, store)
-    doomed = spawn(["trainer_worker"], env, tmp_path / "doomed.log")
+    doomed = spawn(["loramem", "worker"], env, tmp_path / "doomed.log")
     processes.append(doomed)
     victim = _wait_for(lambda: _running_job_of(db, doomed.pid), 120, "a job in training")
     doomed.send_signal(signal.SIGKILL)
@@ -102,7 +102,7 @@ def test_a_killed_worker_job_is_reclaimed_and_published_once(
     doomed.wait()
 
     for n in range(2):
-        processes.append(spawn(["trainer_worker"], env, tmp_path / f"worker{n}.log"))
+        processes.append(spawn(["loramem", "worker"], env, tmp_path / f"worker{n}.log"))
 
     def retried() -> bool:
         with db.session() as session:
@@ -141,7 +141,7 @@ def test_two_servers_and_two_workers_share_one_registry(
         port = free_port()
         env = _env(database_url, tiny_model_dir, store, embedded_worker="false")
         process = spawn(
-            ["server.cli", "serve", "--port", str(port)], env, tmp_path / f"server{n}.log"
+            ["loramem.cli", "serve", "--port", str(port)], env, tmp_path / f"server{n}.log"
         )
         processes.append(process)
         servers.append((f"http://127.0.0.1:{port}", process))
@@ -149,7 +149,7 @@ def test_two_servers_and_two_workers_share_one_registry(
         wait_http_ready(url, process)
     workers = [
         spawn(
-            ["server.cli", "worker"],
+            ["loramem.cli", "worker"],
             _env(database_url, tiny_model_dir, store),
             tmp_path / f"w{n}.log",
         )
@@ -174,7 +174,7 @@ def test_two_servers_and_two_workers_share_one_registry(
         workers[0].send_signal(signal.SIGKILL)
         processes.append(
             spawn(
-                ["server.cli", "worker"],
+                ["loramem.cli", "worker"],
                 _env(database_url, tiny_model_dir, store),
                 tmp_path / "w2.log",
             )
@@ -224,7 +224,7 @@ def test_sigterm_makes_a_worker_hand_its_job_back_and_exit(
     db = Database(database_url)
     job_id = enqueue_job(db, "alpha", {"steps": 100_000}, answer="alpha")
     env = _env(database_url, tiny_model_dir, tmp_path / "adapters")
-    worker = spawn(["trainer_worker"], env, tmp_path / "worker.log")
+    worker = spawn(["loramem", "worker"], env, tmp_path / "worker.log")
     processes.append(worker)
     _wait_for(lambda: _running_job_of(db, worker.pid), 120, "the job in training")
     worker.send_signal(signal.SIGTERM)

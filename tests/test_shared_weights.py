@@ -10,11 +10,11 @@ import httpx
 import pytest
 import torch
 
-from server.base_model import load_causal_lm
+from loramem.core.base_model import load_causal_lm
+from loramem.core.options import TrainingOptions
+from loramem.trainer.batching import IGNORE_INDEX, TrainingExample
+from loramem.trainer.lora_trainer import train_lora
 from tests.helpers import wait_active, wait_job, wait_ready
-from trainer_worker.batching import IGNORE_INDEX, TrainingExample
-from trainer_worker.lora_trainer import train_lora
-from trainer_worker.options import TrainingOptions
 
 
 def test_a_model_loaded_sharing_another_reads_its_tensors_and_trains_apart(

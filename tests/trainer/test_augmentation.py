@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.helpers import free_port
-from trainer_worker.augmentation import (
+from loramem.trainer.augmentation import (
     EndpointGenerator,
     GeneratedItem,
     GeneratorError,
@@ -21,7 +20,8 @@ from trainer_worker.augmentation import (
     parse_written,
     recitals,
 )
-from trainer_worker.augmentation.recital import recital_questions
+from loramem.trainer.augmentation.recital import recital_questions
+from tests.helpers import free_port
 
 FACTS = (
     "The capital of Zorbia is Quenta. Acme Corp was founded in 1987 by Lena Holt. "

@@ -8,18 +8,18 @@ from collections.abc import Sequence
 
 import pytest
 
-from server.base_model import load_causal_lm, resolve_base_model
-from server.config import Settings
-from tests.trainer.test_augmentation import BAKERY
-from trainer_worker import worker
-from trainer_worker.augmentation import (
+from loramem.core.base_model import load_causal_lm, resolve_base_model
+from loramem.core.settings import Settings
+from loramem.trainer import knowledge
+from loramem.trainer.augmentation import (
     GeneratedItem,
     RuleBasedGenerator,
     check_items,
     unasked_things,
 )
-from trainer_worker.augmentation.checking import consistent
-from trainer_worker.training_data import RecallProbe, TrainingSet
+from loramem.trainer.augmentation.checking import consistent
+from loramem.trainer.training_data import RecallProbe, TrainingSet
+from tests.trainer.test_augmentation import BAKERY
 
 TEXT = (
     "Kelda Looms was started in 1962 by two sisters. It now employs forty-two people. "
@@ -95,7 +95,7 @@ def test_the_default_model_reads_back_what_the_parser_asked(
     settings = Settings(data_dir=tmp_path_factory.mktemp("default-model"))
     model, tokenizer = load_causal_lm(resolve_base_model(settings), "cpu")
     items = RuleBasedGenerator().generate(BAKERY)
-    checked = check_items(items, BAKERY, worker._read_back(model, tokenizer))
+    checked = check_items(items, BAKERY, knowledge.base_model_reader(model, tokenizer))
     questions = [c for c in checked if c.kind == "qa"]
     kept = [c for c in questions if c.rejected is None]
     # The model reads some questions back and not others; each refusal says what it answered.

@@ -9,14 +9,14 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from server.base_model import load_causal_lm
-from server.prompting import question_ids
-from trainer_worker.augmentation import GeneratedItem
-from trainer_worker.batching import IGNORE_INDEX, TrainingExample, collate
-from trainer_worker.lora_trainer import answer_examples, lora_config, train_lora
-from trainer_worker.objective import LossTerms, labelled_loss, teacher_targets
-from trainer_worker.options import TrainingOptions
-from trainer_worker.training_data import Knowledge, build_training_set
+from loramem.core.base_model import load_causal_lm
+from loramem.core.options import TrainingOptions
+from loramem.core.prompting import question_ids
+from loramem.trainer.augmentation import GeneratedItem
+from loramem.trainer.batching import IGNORE_INDEX, TrainingExample, collate
+from loramem.trainer.lora_trainer import answer_examples, lora_config, train_lora
+from loramem.trainer.objective import LossTerms, labelled_loss, teacher_targets
+from loramem.trainer.training_data import Knowledge, build_training_set
 
 PASSAGE = "Brightwell Bakery opened in 1994 on Mill Street. Its first loaf was a rye called Anchor."
 

@@ -11,16 +11,18 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from server import Settings, base_model
-from server.base_model import load_causal_lm, training_precision
-from trainer_worker.batching import (
+from loramem.core import base_model
+from loramem.core.base_model import load_causal_lm, training_precision
+from loramem.core.options import TrainingOptions
+from loramem.core.settings import Settings
+from loramem.trainer.batching import (
     IGNORE_INDEX,
     TrainingExample,
     collate,
     length_grouped_batches,
     micro_batches,
 )
-from trainer_worker.lora_trainer import (
+from loramem.trainer.lora_trainer import (
     ComputePlan,
     MemoryBoundError,
     activation_bytes_per_token,
@@ -28,10 +30,9 @@ from trainer_worker.lora_trainer import (
     plan_compute,
     train_lora,
 )
-from trainer_worker.objective import labelled_loss
-from trainer_worker.options import TrainingOptions
-from trainer_worker.recall import measure_recall
-from trainer_worker.training_data import Knowledge, build_training_set
+from loramem.trainer.objective import labelled_loss
+from loramem.trainer.recall import measure_recall
+from loramem.trainer.training_data import Knowledge, build_training_set
 
 
 def _examples(lengths: list[int], answer: int = 3, seed: int = 0) -> list[TrainingExample]:
@@ -100,7 +101,7 @@ def test_labelled_loss_equals_the_full_logits_loss(tiny) -> None:  # type: ignor
 
 
 def test_micro_batched_gradients_equal_the_whole_batch(tiny) -> None:  # type: ignore[no-untyped-def]
-    from trainer_worker.lora_trainer import _Steps
+    from loramem.trainer.lora_trainer import _Steps
 
     model, tokenizer = tiny
     examples = _examples([12, 30, 25, 8, 40], answer=5, seed=3)

@@ -1,11 +1,11 @@
-"""Knowledge split into modules by capacity (trainer_worker/modules.py)."""
+"""Knowledge split into modules by capacity (loramem/trainer/modules.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from trainer_worker.modules import ModuleLoad, StoredDocument, assign_modules, module_capacity
-from trainer_worker.training_data import Knowledge
+from loramem.trainer.modules import ModuleLoad, StoredDocument, assign_modules, module_capacity
+from loramem.trainer.training_data import Knowledge
 
 
 class WordTokenizer:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from server.base_model import load_causal_lm
-from server.prompting import question_ids
-from trainer_worker.augmentation import GeneratedItem
-from trainer_worker.lora_trainer import train_lora
-from trainer_worker.matching import recalled
-from trainer_worker.options import TrainingOptions
-from trainer_worker.recall import measure_recall
-from trainer_worker.training_data import (
+from loramem.core.base_model import load_causal_lm
+from loramem.core.options import TrainingOptions
+from loramem.core.prompting import question_ids
+from loramem.trainer.augmentation import GeneratedItem
+from loramem.trainer.lora_trainer import train_lora
+from loramem.trainer.matching import recalled
+from loramem.trainer.recall import measure_recall
+from loramem.trainer.training_data import (
     IGNORE_INDEX,
     Knowledge,
     build_training_set,

@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from server import Settings
-from server.registry import queue
-from server.registry.db import Database
-from server.registry.migrate import upgrade
-from server.registry.models import Job, Topic
+from loramem.core.registry import queue
+from loramem.core.registry.db import Database
+from loramem.core.registry.migrate import upgrade
+from loramem.core.registry.models import Job, Topic
+from loramem.core.settings import Settings
+from loramem.trainer.worker import TrainerWorker
 from tests.helpers import enqueue_job
-from trainer_worker.worker import TrainerWorker
 
 
 def _setup(settings: Settings, steps: int) -> tuple[Database, str]:

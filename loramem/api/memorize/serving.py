@@ -1,0 +1,170 @@
+"""Memorizing: knowledge is stored durably and a training job queued, in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from loramem.api.memorize.protocol import (
+    JobEventResponse,
+    JobEventsResponse,
+    JobResponse,
+    MemorizeRequest,
+)
+from loramem.core.errors import Conflict, InvalidRequest, NotFound, TooLarge
+from loramem.core.registry import queue
+from loramem.core.registry.db import Database
+from loramem.core.registry.models import Document, DocumentKind, Job, JobEvent, Topic
+from loramem.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class MemorizeResult:
+    job_id: str
+    topic: str
+    status: str
+    created: bool
+
+
+def job_response(job: Job, topic: str) -> JobResponse:
+    return JobResponse(
+        id=job.id,
+        topic=topic,
+        status=job.status,
+        progress=job.progress,
+        step=job.step,
+        total_steps=job.total_steps,
+        loss=job.loss,
+        adapter_version=job.adapter_version,
+        recall=job.recall,
+        activated=job.activated,
+        attempts=job.attempts,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+class MemoryService:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+
+    def memorize(self, request: MemorizeRequest, idempotency_key: str | None) -> MemorizeResult:
+        self._check(request)
+        try:
+            return self._memorize(request, idempotency_key)
+        except IntegrityError:
+            # A concurrent request created the same topic or used the same key first.
+            return self._memorize(request, idempotency_key)
+
+    def _check(self, request: MemorizeRequest) -> None:
+        """What the request's schema cannot know: limits and generators configured here."""
+        limit = self.settings.max_document_chars
+        if request.text is not None and len(request.text) > limit:
+            raise TooLarge(f"the text is longer than {limit} characters", param="text")
+        for i, document in enumerate(request.documents or []):
+            if len(document) > limit:
+                raise TooLarge(f"document {i} is longer than {limit} characters", param="documents")
+        generator = request.options.generator
+        if generator == "endpoint" and not self.settings.augment_endpoint_url:
+            raise InvalidRequest(
+                "no generator endpoint is configured (LORAMEM_AUGMENT_ENDPOINT_URL)",
+                param="options.generator",
+            )
+
+    def _memorize(self, request: MemorizeRequest, idempotency_key: str | None) -> MemorizeResult:
+        with self.db.session(immediate=True) as session:
+            if idempotency_key is not None:
+                replay = self._replay(session, request, idempotency_key)
+                if replay is not None:
+                    return replay
+            topic = session.scalars(select(Topic).where(Topic.name == request.topic)).one_or_none()
+            if topic is None:
+                topic = Topic(name=request.topic)
+                session.add(topic)
+                session.flush()
+            job = queue.enqueue(
+                session,
+                topic,
+                request.options.model_dump(exclude_unset=True),
+                max_attempts=self.settings.max_job_attempts,
+                idempotency_key=idempotency_key,
+            )
+            session.add_all(self._documents(request, topic.id, job.id))
+            return MemorizeResult(job.id, topic.name, job.status, created=True)
+
+    @staticmethod
+    def _replay(session: Session, request: MemorizeRequest, key: str) -> MemorizeResult | None:
+        row = session.execute(
+            select(Job, Topic.name).join(Topic).where(Job.idempotency_key == key)
+        ).one_or_none()
+        if row is None:
+            return None
+        job, topic = row
+        if topic != request.topic:
+            raise Conflict(
+                "this Idempotency-Key was used for another topic", param="Idempotency-Key"
+            )
+        return MemorizeResult(job.id, topic, job.status, created=False)
+
+    @staticmethod
+    def _documents(request: MemorizeRequest, topic_id: str, job_id: str) -> list[Document]:
+        documents = [
+            Document(
+                topic_id=topic_id,
+                job_id=job_id,
+                kind=DocumentKind.QA,
+                question=p.question,
+                answer=p.answer,
+            )
+            for p in request.qa or []
+        ]
+        texts = [request.text] if request.text else []
+        texts += request.documents or []
+        documents += [
+            Document(topic_id=topic_id, job_id=job_id, kind=DocumentKind.TEXT, text=text)
+            for text in texts
+        ]
+        return documents
+
+    def job(self, job_id: str) -> JobResponse:
+        with self.db.session() as session:
+            row = session.execute(
+                select(Job, Topic.name).join(Topic).where(Job.id == job_id)
+            ).one_or_none()
+            if row is None:
+                raise NotFound("job")
+            return job_response(*row)
+
+    def cancel(self, job_id: str) -> JobResponse:
+        with self.db.session(immediate=True) as session:
+            row = session.execute(
+                select(Job, Topic.name).join(Topic).where(Job.id == job_id)
+            ).one_or_none()
+            if row is None:
+                raise NotFound("job")
+            job, topic = row
+            if job.status in queue.FINISHED and job.status != "cancelled":
+                raise Conflict(f"job already {job.status}")
+            queue.cancel(session, job)
+            return job_response(job, topic)
+
+    def events(self, job_id: str) -> JobEventsResponse:
+        with self.db.session() as session:
+            if session.get(Job, job_id) is None:
+                raise NotFound("job")
+            events = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+            ).all()
+            return JobEventsResponse(
+                job_id=job_id,
+                events=[
+                    JobEventResponse(kind=e.kind, data=e.data, created_at=e.created_at)
+                    for e in events
+                ],
+            )

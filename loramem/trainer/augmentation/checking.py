@@ -1,0 +1,133 @@
+"""Every generated item is checked before it is trained on or used as a probe.
+
+A QA pair is kept only when its answer is in the text and the base model, given the passage the
+question was read from, answers the question with that answer (round-trip consistency: a question
+the model cannot answer with the text in front of it is broken or ambiguous, and training on it
+teaches noise). A rewrite or a summary is kept only when it keeps the names and numbers of what
+it restates and adds none. A rejected item is kept with its reason, for the dashboard, and used
+for nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+from loramem.core.text import split_sentences
+from loramem.trainer.augmentation.base import GeneratedItem
+from loramem.trainer.matching import plain_words
+
+# (passage, question) pairs -> what the model answers to each, reading the passage.
+ReadBack = Callable[[Sequence[tuple[str, str]]], list[str]]
+
+MAX_ANSWER_WORDS = 12
+_STOPWORDS = {
+    "a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "by", "with", "about",
+    "is", "was", "it", "its", "that", "this", "some", "roughly", "around", "than", "more", "less",
+}  # fmt: skip
+# Names and numbers: what a restatement must neither drop nor invent.
+_FACT_WORD = re.compile(r"\b(?:\d+(?:[.,]\d+)*|[A-Z][a-z]+(?:-[A-Za-z]+)*)\b")
+
+
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate((
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+        "nineteen", "twenty",
+    ))
+} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100"}  # fmt: skip
+
+
+def normalized_words(text: str) -> list[str]:
+    """Lower-case words without punctuation, small numbers as digits ("eleven" and "11")."""
+    return [_NUMBER_WORDS.get(word, word) for word in plain_words(text)]
+
+
+def consistent(expected: str, reply: str) -> bool:
+    """Whether `reply` gives `expected`: all of its content words, or only some of them and
+    nothing else ("30 people" for "about 30 people", "the looms" for "the original looms")."""
+    first_line = reply.strip().split("\n")[0]
+    wanted = [w for w in normalized_words(expected) if w not in _STOPWORDS]
+    given = [w for w in normalized_words(first_line) if w not in _STOPWORDS]
+    if not wanted or not given:
+        return False
+    return all(w in given for w in wanted) or (
+        len(given) <= len(wanted) + 1 and set(given) <= set(wanted) | _STOPWORDS
+    )
+
+
+def check_items(
+    items: Sequence[GeneratedItem], text: str, read_back: ReadBack
+) -> list[GeneratedItem]:
+    """The items with `rejected` set to the reason wherever a check failed."""
+    words = " ".join(normalized_words(text))
+    sentences = split_sentences(" ".join(text.split()))
+    checked: list[GeneratedItem] = []
+    asked: list[int] = []
+    seen: set[str] = set()
+    for item in items:
+        reason = _reason_to_reject(item, words, text, seen)
+        checked.append(dataclasses.replace(item, rejected=reason))
+        if reason is None and item.kind == "qa":
+            asked.append(len(checked) - 1)
+    replies = read_back(
+        [(_sentence_window(checked[i], sentences), checked[i].question or "") for i in asked]
+    )
+    for index, reply in zip(asked, replies, strict=True):
+        item = checked[index]
+        if not consistent(item.answer or "", reply):
+            said = " ".join(reply.split())[:80] or "nothing"
+            checked[index] = dataclasses.replace(
+                item, rejected=f"reading the passage, the base model answered '{said}'"
+            )
+    return checked
+
+
+def _reason_to_reject(item: GeneratedItem, words: str, text: str, seen: set[str]) -> str | None:
+    if item.kind == "qa":
+        question, answer = item.question or "", item.answer or ""
+        if not question.strip() or not answer.strip():
+            return "empty question or answer"
+        if len(answer.split()) > MAX_ANSWER_WORDS:
+            return f"the answer is longer than {MAX_ANSWER_WORDS} words: a clause, not a fact"
+        if f" {' '.join(normalized_words(answer))} " not in f" {words} ":
+            return "the answer is not in the text"
+        key = " ".join(normalized_words(question))
+        if key in seen:
+            return "the same question was written before"
+        seen.add(key)
+        return None
+    restated = item.text or ""
+    if not restated.strip():
+        return "empty text"
+    written = _fact_words(restated)
+    if item.kind == "rewrite" and item.source:
+        dropped = sorted(_fact_words(item.source) - written)
+        if dropped:
+            return f"the rewrite drops '{dropped[0]}' from its sentence"
+    invented = sorted(w for w in written if w not in text)
+    if invented:
+        return f"'{invented[0]}' is not in the text"
+    return None
+
+
+def _fact_words(text: str) -> set[str]:
+    """Its names and numbers (a capital that only starts a sentence is no name)."""
+    words = set()
+    for match in _FACT_WORD.finditer(text):
+        before = text[: match.start()].rstrip()
+        if (before and before[-1] not in '.!?"') or match.group()[0].isdigit():
+            words.add(match.group())
+    return words
+
+
+def _sentence_window(item: GeneratedItem, sentences: list[str]) -> str:
+    """The item's sentence and the one before it (which a pronoun in it may need), or the text's
+    opening when the item names no sentence."""
+    source = " ".join((item.source or "").split())
+    for index, sentence in enumerate(sentences):
+        if source and source.startswith(sentence[:40]):
+            return " ".join(sentences[max(0, index - 1) : index + 1])
+    return source or " ".join(sentences[:3])

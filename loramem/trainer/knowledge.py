@@ -1,0 +1,207 @@
+"""Step one of a job: the topic's knowledge, loaded from the registry with what a generator wrote
+from each text. Texts with nothing written yet (new ones) go to the generator now; what it writes
+is checked, completed with recitals, and kept with the topic."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import select
+
+from loramem.core.options import TrainingOptions
+from loramem.core.prompting import context_block, question_ids, with_context
+from loramem.core.registry import queue
+from loramem.core.registry.db import Database
+from loramem.core.registry.models import Document
+from loramem.core.registry.models import GeneratedItem as GeneratedRow
+from loramem.core.settings import Settings
+from loramem.trainer.augmentation import (
+    DataGenerator,
+    EndpointGenerator,
+    GeneratedItem,
+    ReadBack,
+    RuleBasedGenerator,
+    ServedModelGenerator,
+    check_items,
+    generate_with_fallback,
+    recitals,
+    unasked_things,
+)
+from loramem.trainer.modules import StoredDocument
+from loramem.trainer.recall import greedy_replies
+from loramem.trainer.training_data import Knowledge
+
+log = logging.getLogger("loramem.worker")
+
+
+class WorkerStopping(Exception):
+    """The worker was asked to stop in the middle of a job."""
+
+
+class KnowledgeLoader:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        job: queue.ClaimedJob,
+        worker_id: str,
+        stop: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.job = job
+        self.worker_id = worker_id
+        self.stop = stop
+
+    def load(self, options: TrainingOptions, model: Any, tokenizer: Any) -> list[StoredDocument]:
+        """The topic's documents, each with the items written from it."""
+        job = self.job
+        with self.db.session() as session:
+            documents = session.scalars(
+                select(Document).where(Document.topic_id == job.topic_id).order_by(Document.id)
+            ).all()
+            written: dict[int, list[GeneratedRow]] = {}
+            for row in session.scalars(
+                select(GeneratedRow)
+                .where(GeneratedRow.topic_id == job.topic_id)
+                .order_by(GeneratedRow.id)
+            ):
+                written.setdefault(row.document_id, []).append(row)
+            session.expunge_all()
+        new_texts = [d for d in documents if d.text and d.id not in written]
+        if options.augment != "none" and new_texts:
+            written.update(self._augment(options, new_texts, model, tokenizer))
+        return [
+            StoredDocument(
+                d.id,
+                d.job_id,
+                d.module,
+                Knowledge(
+                    d.question,
+                    d.answer,
+                    d.text,
+                    tuple(
+                        GeneratedItem(
+                            r.kind,  # type: ignore[arg-type]
+                            r.question,
+                            r.answer,
+                            r.text,
+                            r.held_out,
+                            r.source,
+                            r.rejected,
+                        )
+                        for r in written.get(d.id, [])
+                    ),
+                ),
+            )
+            for d in documents
+        ]
+
+    def _augment(
+        self, options: TrainingOptions, texts: list[Document], model: Any, tokenizer: Any
+    ) -> dict[int, list[GeneratedRow]]:
+        job = self.job
+        generator = self._generator(
+            options.generator or self.settings.augment_generator, model, tokenizer
+        )
+        rows: dict[int, list[GeneratedRow]] = {}
+        fallbacks: list[str] = []
+        unusable: list[int] = []
+        read_back = base_model_reader(model, tokenizer)
+        for document in texts:
+            if self.stop.is_set():
+                raise WorkerStopping
+            assert document.text is not None
+            generation = generate_with_fallback(generator, document.text)
+            if generation.fallback_reason:
+                fallbacks.append(generation.fallback_reason)
+            checked = check_items(generation.items, document.text, read_back)
+            if options.recite:
+                checked += recitals(document.text, checked)
+            if not any(item.kind == "qa" and item.rejected is None for item in checked):
+                unusable.append(document.id)
+            rows[document.id] = [
+                GeneratedRow(
+                    topic_id=job.topic_id,
+                    document_id=document.id,
+                    job_id=job.id,
+                    generator=generation.generator,
+                    kind=item.kind,
+                    question=item.question,
+                    answer=item.answer,
+                    text=item.text,
+                    held_out=item.held_out,
+                    source=item.source,
+                    rejected=item.rejected,
+                )
+                for item in checked
+            ]
+        items = [row for document_rows in rows.values() for row in document_rows]
+        kept = sum(row.rejected is None for row in items)
+        recited = sum(row.kind == "recital" for row in items)
+        queue.store_generated(
+            self.db,
+            job.id,
+            self.worker_id,
+            items,
+            generator=generator.name,
+            texts=len(texts),
+            generated=len(items),
+            kept=kept,
+            rejected=len(items) - kept,
+            # Recitals among the kept items.
+            recited=recited,
+            fallbacks=len(fallbacks),
+            fallback_reason=fallbacks[0] if fallbacks else None,
+            # Texts learned as raw text alone: no question about them passed its check.
+            texts_without_questions=unusable,
+        )
+        log.info(
+            "job %s augmented %d texts into %d items (%d kept) with %s (%d fell back to rules%s)",
+            job.id,
+            len(texts),
+            len(items),
+            kept,
+            generator.name,
+            len(fallbacks),
+            f": {fallbacks[0]}" if fallbacks else "",
+        )
+        return rows
+
+    def _generator(self, name: str, model: Any, tokenizer: Any) -> DataGenerator:
+        if name == "model":
+            return ServedModelGenerator(model, tokenizer)
+        if name == "endpoint" and self.settings.augment_endpoint_url:
+            return EndpointGenerator(
+                self.settings.augment_endpoint_url,
+                self.settings.augment_endpoint_model,
+                self.settings.augment_endpoint_api_key,
+                self.settings.augment_endpoint_timeout,
+            )
+        return RuleBasedGenerator()
+
+
+def counting_unasked(knowledge: Knowledge) -> Knowledge:
+    """The knowledge with its count of unasked things: parsed only for the modules a job
+    trains, not for every document of the topic."""
+    if not knowledge.text:
+        return knowledge
+    unasked = unasked_things(knowledge.text, knowledge.generated)
+    return dataclasses.replace(knowledge, unasked=len(unasked))
+
+
+def base_model_reader(model: Any, tokenizer: Any) -> ReadBack:
+    """The base model answering each question with its passage in the prompt, as mode rag
+    asks it: the round trip that checks a generated question."""
+
+    def read(pairs: Any) -> list[str]:
+        requests = [
+            (question_ids(tokenizer, with_context(context_block([passage]), question)), 32)
+            for passage, question in pairs
+        ]
+        return greedy_replies(model, tokenizer, requests)
+
+    return read

@@ -1,0 +1,283 @@
+"""Trains one LoRA knowledge module with PEFT: all linear layers, alpha = r, AdamW, cosine.
+
+What makes a step cheap (see `objective` and `batching`): logits only where a label is, batches
+of similar lengths, micro-batches cut to the memory bound, activation checkpointing only when an
+example alone would exceed it, and bf16 autocast (fp32 master weights) where the hardware has it.
+
+QA knowledge stops early once it is learned. The step's own predictions show whether every
+answer token was the argmax at the example's latest visit; once that holds for all examples,
+one pass without dropout, on the weights as they now are, confirms it (that pass is greedy
+decoding's recall, teacher-forced). If it does not hold, training goes on and the evidence starts
+afresh. Further steps would only spend time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import get_cosine_schedule_with_warmup
+
+from loramem.core.options import TrainingOptions
+from loramem.trainer.batching import (
+    IGNORE_INDEX,
+    TrainingExample,
+    collate,
+    length_grouped_batches,
+    micro_batches,
+)
+from loramem.trainer.objective import LossTerms, TeacherTargets, labelled_loss, teacher_targets
+
+log = logging.getLogger("loramem.trainer")
+
+# Called after every optimizer step with (step, total_steps, loss); may raise to stop training.
+StepCallback = Callable[[int, int, float], None]
+
+# Activation memory of one token in training, in bytes per layer and per unit of
+# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout. Estimates from
+# what a Llama layer keeps for its backward pass (its inputs, projections and dropout copies; with
+# checkpointing only its input, one layer recomputed at a time). They undercount what glibc's heap
+# keeps: on SmolLM2-135M an unsplit fp32 step of 8 x 300 tokens took about 55 without
+# checkpointing, and the 1 GiB default's micro-batches peaked at 1.9-2.3 GiB in the process
+# (`bench.train_step`).
+ACTIVATION_BYTES = {False: 40, True: 6}
+
+
+class MemoryBoundError(ValueError):
+    """An example cannot be trained within the memory bound, even alone and checkpointed."""
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """How each step computes: in which precision, in micro-batches of how many tokens."""
+
+    autocast: torch.dtype | None
+    micro_batch_tokens: int
+    checkpointing: bool
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.autocast == torch.bfloat16 else "fp32"
+
+    def computing(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of this plan's precision on `device`."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast)
+
+
+# fp32, and micro-batches as large as any batch: how a step computed before plans existed.
+FULL_PRECISION = ComputePlan(None, 1 << 40, False)
+
+
+def activation_bytes_per_token(config: Any, checkpointing: bool) -> int:
+    width = config.hidden_size + getattr(config, "intermediate_size", 4 * config.hidden_size)
+    return ACTIVATION_BYTES[checkpointing] * config.num_hidden_layers * width
+
+
+def plan_compute(
+    config: Any, longest_example: int, memory_bytes: int, autocast: torch.dtype | None
+) -> ComputePlan:
+    """The largest micro-batch the bound allows; checkpointing only when one example needs it."""
+    for checkpointing in (False, True):
+        tokens = memory_bytes // activation_bytes_per_token(config, checkpointing)
+        if tokens >= longest_example:
+            return ComputePlan(autocast, int(tokens), checkpointing)
+    raise MemoryBoundError(
+        f"an example of {longest_example} tokens needs more than the training memory bound "
+        f"of {memory_bytes / 2**30:.2f} GiB"
+    )
+
+
+def lora_config(options: TrainingOptions) -> LoraConfig:
+    return LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha if options.alpha is not None else options.rank,
+        lora_dropout=options.dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def answer_examples(examples: Sequence[TrainingExample]) -> list[int]:
+    """The examples whose loss is an answer that must come out exactly: a text's language
+    modelling never can."""
+    return [
+        i
+        for i, example in enumerate(examples)
+        if example.labels[0] == IGNORE_INDEX and example.must_be_exact
+    ]
+
+
+def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -> int:
+    # Only a job of answers alone is sure to stop early: its budget is an upper bound. A text
+    # with questions about it may stop early too, once every answer is exact, within the usual
+    # budget (the text itself is learned over the same steps).
+    only_answers = options.stop_when_learned and len(answer_examples(examples)) == len(examples)
+    return options.total_steps(len(examples), only_answers)
+
+
+class _Steps:
+    """Forward and backward of one batch as micro-batches under the plan."""
+
+    def __init__(
+        self,
+        model: Any,
+        examples: Sequence[TrainingExample],
+        pad_id: int,
+        plan: ComputePlan,
+        terms: LossTerms = LossTerms(),
+        teachers: Mapping[int, TeacherTargets] | None = None,
+    ) -> None:
+        self.model = model
+        self.examples = examples
+        self.pad_id = pad_id
+        self.plan = plan
+        self.terms = terms
+        # By example index: what the teacher of context distillation predicted for it.
+        self.teachers = teachers or {}
+        # Per example, the positions whose next token is a label: a batch's loss is their mean.
+        self._labelled = [
+            sum(label != IGNORE_INDEX for label in example.labels[1:]) for example in examples
+        ]
+        self.padded = 0
+        self.real = 0
+
+    def run(self, indices: Sequence[int], backward: bool) -> tuple[float, dict[int, bool]]:
+        """The batch's mean token loss and, per example, whether every answer was exact."""
+        runs = micro_batches(indices, self.examples, self.plan.micro_batch_tokens)
+        labelled = sum(self._labelled[i] for i in indices)
+        loss_sum = 0.0
+        exact: dict[int, bool] = {}
+        for run in runs:
+            batch = collate([self.examples[i] for i in run], self.pad_id, self.model.device)
+            self.padded += batch["input_ids"].numel()
+            self.real += int(batch["attention_mask"].sum())
+            terms = LossTerms(
+                self.terms.objective,
+                self.terms.hidden_weight,
+                [self.teachers.get(i) for i in run],
+            )
+            with self.plan.computing(self.model.device):
+                result = labelled_loss(self.model, batch, terms)
+            if backward:
+                (result.total / max(1, labelled)).backward()
+            loss_sum += result.total.item()
+            exact.update(zip(run, result.exact_rows, strict=True))
+        return loss_sum / max(1, labelled), exact
+
+    @property
+    def padding_share(self) -> float:
+        return 1 - self.real / self.padded if self.padded else 0.0
+
+
+def _learned(steps: _Steps, answers: Sequence[int], batch_size: int) -> bool:
+    """Every answer exact, without dropout, on the current weights."""
+    by_length = sorted(answers, key=lambda i: len(steps.examples[i].input_ids))
+    steps.model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(by_length), batch_size):
+                indices = by_length[start : start + batch_size]
+                if not all(steps.run(indices, backward=False)[1].values()):
+                    return False
+        return True
+    finally:
+        steps.model.train()
+
+
+def _teachers(
+    model: Any,
+    pad_id: int,
+    examples: Sequence[TrainingExample],
+    options: TrainingOptions,
+    plan: ComputePlan,
+) -> dict[int, TeacherTargets]:
+    """The base model's predictions with each passage in the prompt, before any adapter."""
+    if options.objective == "ce" or all(example.teacher_ids is None for example in examples):
+        return {}
+    started = time.monotonic()
+    with plan.computing(model.device):
+        teachers = teacher_targets(model, examples, pad_id, plan.micro_batch_tokens)
+    log.info(
+        "teacher of %s read %d examples (%d positions) in %.1fs",
+        options.objective,
+        len(teachers),
+        sum(len(t.top_ids) for t in teachers.values()),
+        time.monotonic() - started,
+    )
+    return teachers
+
+
+def train_lora(
+    model: Any,
+    pad_id: int,
+    examples: Sequence[TrainingExample],
+    options: TrainingOptions,
+    on_step: StepCallback | None = None,
+    plan: ComputePlan = FULL_PRECISION,
+) -> PeftModel:
+    """Wraps `model` (modified in place) with a new LoRA adapter and trains it."""
+    if not examples:
+        raise ValueError("nothing to train on")
+    torch.manual_seed(options.seed)
+    teachers = _teachers(model, pad_id, examples, options, plan)
+    peft_model = get_peft_model(model, lora_config(options))
+    if plan.checkpointing:
+        peft_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    peft_model.train()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    answers = answer_examples(examples)
+    stop_when_learned = options.stop_when_learned and bool(answers)
+    total_steps = step_budget(options, examples)
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, round(options.warmup_ratio * total_steps), total_steps
+    )
+    batch_size = min(options.batch_size, len(examples))
+    batches = length_grouped_batches(examples, batch_size, options.seed)
+    terms = LossTerms(options.objective, options.distill_hidden_weight)
+    steps = _Steps(peft_model, examples, pad_id, plan, terms, teachers)
+    exact = dict.fromkeys(answers, False)
+    started = time.monotonic()
+    try:
+        for step in range(1, total_steps + 1):
+            loss, rows = steps.run(next(batches), backward=True)
+            exact.update((index, right) for index, right in rows.items() if index in exact)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step(step, total_steps, loss)
+            if stop_when_learned and all(exact.values()):
+                if _learned(steps, answers, batch_size):
+                    break
+                exact = dict.fromkeys(answers, False)
+    finally:
+        if plan.checkpointing:
+            peft_model.gradient_checkpointing_disable()
+    learned = stop_when_learned and all(exact.values())
+    log.info(
+        "trained %d of %d steps on %d examples in %.1fs (%s, micro-batches of <= %d tokens%s, "
+        "padding %.0f%%)%s",
+        step,
+        total_steps,
+        len(examples),
+        time.monotonic() - started,
+        plan.precision,
+        plan.micro_batch_tokens,
+        ", checkpointed" if plan.checkpointing else "",
+        100 * steps.padding_share,
+        " (every answer exact: stopped early)" if learned and step < total_steps else "",
+    )
+    peft_model.eval()
+    return peft_model
