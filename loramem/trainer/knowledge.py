@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from typing import Any
 
 from sqlalchemy import select
@@ -14,10 +13,7 @@ from sqlalchemy import select
 from loramem.core.options import TrainingOptions
 from loramem.core.prompting import context_block, question_ids, with_context
 from loramem.core.registry import queue
-from loramem.core.registry.db import Database
-from loramem.core.registry.models import Document
-from loramem.core.registry.models import GeneratedItem as GeneratedRow
-from loramem.core.settings import Settings
+from loramem.core.registry.models import Document, GeneratedRecord
 from loramem.trainer.augmentation import (
     DataGenerator,
     EndpointGenerator,
@@ -30,6 +26,7 @@ from loramem.trainer.augmentation import (
     recitals,
     unasked_things,
 )
+from loramem.trainer.job import RunningJob
 from loramem.trainer.modules import StoredDocument
 from loramem.trainer.recall import greedy_replies
 from loramem.trainer.training_data import Knowledge
@@ -37,24 +34,12 @@ from loramem.trainer.training_data import Knowledge
 log = logging.getLogger("loramem.worker")
 
 
-class WorkerStopping(Exception):
-    """The worker was asked to stop in the middle of a job."""
-
-
 class KnowledgeLoader:
-    def __init__(
-        self,
-        settings: Settings,
-        db: Database,
-        job: queue.ClaimedJob,
-        worker_id: str,
-        stop: threading.Event,
-    ) -> None:
-        self.settings = settings
-        self.db = db
-        self.job = job
-        self.worker_id = worker_id
-        self.stop = stop
+    def __init__(self, running: RunningJob) -> None:
+        self.running = running
+        self.settings = running.settings
+        self.db = running.db
+        self.job = running.claimed
 
     def load(self, options: TrainingOptions, model: Any, tokenizer: Any) -> list[StoredDocument]:
         """The topic's documents, each with the items written from it."""
@@ -63,11 +48,11 @@ class KnowledgeLoader:
             documents = session.scalars(
                 select(Document).where(Document.topic_id == job.topic_id).order_by(Document.id)
             ).all()
-            written: dict[int, list[GeneratedRow]] = {}
+            written: dict[int, list[GeneratedRecord]] = {}
             for row in session.scalars(
-                select(GeneratedRow)
-                .where(GeneratedRow.topic_id == job.topic_id)
-                .order_by(GeneratedRow.id)
+                select(GeneratedRecord)
+                .where(GeneratedRecord.topic_id == job.topic_id)
+                .order_by(GeneratedRecord.id)
             ):
                 written.setdefault(row.document_id, []).append(row)
             session.expunge_all()
@@ -102,18 +87,17 @@ class KnowledgeLoader:
 
     def _augment(
         self, options: TrainingOptions, texts: list[Document], model: Any, tokenizer: Any
-    ) -> dict[int, list[GeneratedRow]]:
+    ) -> dict[int, list[GeneratedRecord]]:
         job = self.job
         generator = self._generator(
             options.generator or self.settings.augment_generator, model, tokenizer
         )
-        rows: dict[int, list[GeneratedRow]] = {}
+        rows: dict[int, list[GeneratedRecord]] = {}
         fallbacks: list[str] = []
         unusable: list[int] = []
         read_back = base_model_reader(model, tokenizer)
         for document in texts:
-            if self.stop.is_set():
-                raise WorkerStopping
+            self.running.check_stop()
             assert document.text is not None
             generation = generate_with_fallback(generator, document.text)
             if generation.fallback_reason:
@@ -124,7 +108,7 @@ class KnowledgeLoader:
             if not any(item.kind == "qa" and item.rejected is None for item in checked):
                 unusable.append(document.id)
             rows[document.id] = [
-                GeneratedRow(
+                GeneratedRecord(
                     topic_id=job.topic_id,
                     document_id=document.id,
                     job_id=job.id,
@@ -145,7 +129,7 @@ class KnowledgeLoader:
         queue.store_generated(
             self.db,
             job.id,
-            self.worker_id,
+            self.running.worker_id,
             items,
             generator=generator.name,
             texts=len(texts),

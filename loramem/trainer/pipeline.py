@@ -7,7 +7,6 @@ cannot help), `WorkerStopping` hands it back, `LeaseLost` drops it; anything els
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ from loramem.core.adapter_store import check_writable, remove_adapter_files, sav
 from loramem.core.base_model import load_causal_lm, training_precision
 from loramem.core.options import TrainingOptions
 from loramem.core.registry import queue, versions
-from loramem.core.registry.db import Database
 from loramem.core.registry.models import Module
-from loramem.core.settings import Settings
 from loramem.trainer.batching import TrainingExample
-from loramem.trainer.knowledge import KnowledgeLoader, WorkerStopping, counting_unasked
+from loramem.trainer.job import RunningJob
+from loramem.trainer.knowledge import KnowledgeLoader, counting_unasked
 from loramem.trainer.lora_trainer import (
     ComputePlan,
     MemoryBoundError,
@@ -60,19 +58,12 @@ class TrainingData:
 
 class JobPipeline:
     def __init__(
-        self,
-        settings: Settings,
-        db: Database,
-        job: queue.ClaimedJob,
-        worker_id: str,
-        stop: threading.Event,
-        observe_step: Callable[[float], None] | None = None,
+        self, running: RunningJob, observe_step: Callable[[float], None] | None = None
     ) -> None:
-        self.settings = settings
-        self.db = db
-        self.job = job
-        self.worker_id = worker_id
-        self.stop = stop
+        self.running = running
+        self.settings = running.settings
+        self.db = running.db
+        self.job = running.claimed
         self.observe_step = observe_step
 
     def run(self, base_model_path: Path, shared_base_model: Any | None) -> None:
@@ -80,8 +71,7 @@ class JobPipeline:
         model, tokenizer = load_causal_lm(base_model_path, self.settings.device, shared_base_model)
         if shared_base_model is not None:
             log.info("job %s trains on the serving engine's base weights, shared", self.job.id)
-        loader = KnowledgeLoader(self.settings, self.db, self.job, self.worker_id, self.stop)
-        documents = loader.load(options, model, tokenizer)
+        documents = KnowledgeLoader(self.running).load(options, model, tokenizer)
         data = self.build_data(documents, options, model, tokenizer)
         trained = self.train_and_measure(data, options, model, tokenizer)
         try:
@@ -230,7 +220,7 @@ class JobPipeline:
         versions.publish_versions(
             self.db,
             self.job.id,
-            self.worker_id,
+            self.running.worker_id,
             trained,
             assignments=data.assignments,
             note=note,
@@ -276,8 +266,7 @@ class _Progress:
 
     def on_step(self, step: int, total: int, loss: float) -> None:
         pipeline = self.pipeline
-        if pipeline.stop.is_set():
-            raise WorkerStopping
+        pipeline.running.check_stop()
         now = time.monotonic()
         if pipeline.observe_step is not None:
             pipeline.observe_step(now - self.last_step)
@@ -288,7 +277,7 @@ class _Progress:
             queue.heartbeat(
                 pipeline.db,
                 pipeline.job.id,
-                pipeline.worker_id,
+                pipeline.running.worker_id,
                 pipeline.settings.lease_seconds,
                 step=step,
                 total_steps=self.total,

@@ -25,7 +25,7 @@ from loramem.core.base_model import resolve_base_model
 from loramem.core.registry import queue
 from loramem.core.registry.db import Database
 from loramem.core.settings import Settings
-from loramem.trainer.knowledge import WorkerStopping
+from loramem.trainer.job import RunningJob, WorkerStopping
 from loramem.trainer.pipeline import JobPipeline, PermanentJobError
 
 log = logging.getLogger("loramem.worker")
@@ -94,10 +94,8 @@ class TrainerWorker:
             if self._base_model_path is None:
                 self._base_model_path = resolve_base_model(self.settings)
             shared = self.shared_base_model() if self.shared_base_model is not None else None
-            pipeline = JobPipeline(
-                self.settings, self.db, job, self.worker_id, self._stop, self.observe_step
-            )
-            pipeline.run(self._base_model_path, shared)
+            running = RunningJob(self.settings, self.db, job, self.worker_id, self._stop)
+            JobPipeline(running, self.observe_step).run(self._base_model_path, shared)
             if self.on_published is not None:
                 self.on_published()
         except queue.LeaseLost:

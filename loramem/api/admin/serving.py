@@ -24,7 +24,7 @@ from loramem.core.registry.db import Database
 from loramem.core.registry.models import (
     AdapterVersion,
     Document,
-    GeneratedItem,
+    GeneratedRecord,
     Job,
     Topic,
     utcnow,
@@ -156,7 +156,9 @@ class TopicService:
                 documents=len(topic.documents),
                 # Counted, not loaded: the database deletes them with their documents.
                 generated=session.scalar(
-                    select(func.count(GeneratedItem.id)).where(GeneratedItem.topic_id == topic.id)
+                    select(func.count(GeneratedRecord.id)).where(
+                        GeneratedRecord.topic_id == topic.id
+                    )
                 )
                 or 0,
             )

@@ -78,8 +78,8 @@ class Topic(Base):
     documents: Mapped[list[Document]] = relationship(
         back_populates="topic", cascade="all, delete-orphan", passive_deletes=True
     )
-    generated: Mapped[list[GeneratedItem]] = relationship(
-        cascade="all, delete-orphan", passive_deletes=True, order_by="GeneratedItem.id"
+    generated: Mapped[list[GeneratedRecord]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="GeneratedRecord.id"
     )
     modules: Mapped[list[Module]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="Module.number"
@@ -133,7 +133,7 @@ class Module(Base):
     capacity_tokens: Mapped[int] = mapped_column(Integer)
 
 
-class GeneratedItem(Base):
+class GeneratedRecord(Base):
     """Training data a generator wrote from a text document (a QA pair, a summary, a rewrite).
     Kept with the topic: later versions retrain on it without asking the generator again."""
 

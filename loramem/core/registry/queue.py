@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from loramem.core.registry.db import Database
 from loramem.core.registry.models import (
-    GeneratedItem,
+    GeneratedRecord,
     Job,
     JobEvent,
     JobStatus,
@@ -187,7 +187,7 @@ def heartbeat(
 
 
 def store_generated(
-    db: Database, job_id: str, worker_id: str, rows: list[GeneratedItem], **event: Any
+    db: Database, job_id: str, worker_id: str, rows: list[GeneratedRecord], **event: Any
 ) -> None:
     """Keeps training data a generator wrote, if the job is still ours."""
     with db.session(immediate=True) as session:

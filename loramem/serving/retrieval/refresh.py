@@ -9,7 +9,7 @@ import logging
 from sqlalchemy import func, select
 
 from loramem.core.registry.db import Database
-from loramem.core.registry.models import Document, GeneratedItem, Topic
+from loramem.core.registry.models import Document, GeneratedRecord, Topic
 from loramem.core.text import text_passages
 from loramem.serving.polling import poll_forever
 from loramem.serving.retrieval.index import KnowledgeIndex, Passage, qa_passage
@@ -27,7 +27,7 @@ def _signature(db: Database) -> Signature:
         count, newest = session.execute(
             select(func.count(Document.id), func.max(Document.id))
         ).one()
-        generated = session.scalar(select(func.count(GeneratedItem.id)))
+        generated = session.scalar(select(func.count(GeneratedRecord.id)))
         learned = session.scalar(
             select(func.count(Document.id)).where(Document.module.is_not(None))
         )
@@ -45,11 +45,11 @@ def load_passages(db: Database) -> list[Passage]:
         # Questions a generator wrote from texts help routing find a topic by other words;
         # they are not quoted into prompts.
         questions = session.execute(
-            select(Topic.name, GeneratedItem.question, Document.module)
-            .join(GeneratedItem, GeneratedItem.topic_id == Topic.id)
-            .join(Document, Document.id == GeneratedItem.document_id)
-            .where(GeneratedItem.question.is_not(None))
-            .order_by(GeneratedItem.id)
+            select(Topic.name, GeneratedRecord.question, Document.module)
+            .join(GeneratedRecord, GeneratedRecord.topic_id == Topic.id)
+            .join(Document, Document.id == GeneratedRecord.document_id)
+            .where(GeneratedRecord.question.is_not(None))
+            .order_by(GeneratedRecord.id)
         ).all()
     passages: list[Passage] = []
     for topic, question, answer, text, module in rows:
