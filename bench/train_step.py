@@ -6,7 +6,9 @@
 The batch is `--rows` examples of `--width` tokens (random ids): with `--answer N` only the last N
 tokens of each are labelled (a QA example with a long prompt, as a context-aware question is);
 with `--text` every token is (a text chunk). Each configuration runs 4 steps; the time is the best
-of the last 3, the memory the process's VmHWM after them (the model included).
+of the last 3, the memory the process's VmHWM after them (the model included). The plans: the
+worker's own under the default bound, and micro-batches of one example with no, half or every
+decoder layer checkpointed, which is what the bound trades between.
 Writes bench/results/train_step.json.
 """
 
@@ -18,11 +20,15 @@ from typing import Any
 
 from bench.common import in_fresh_process, ratio, report_to_parent, save
 
-# name -> (precision, micro-batch tokens or None for the worker's default bound, checkpointing)
-PLANS: dict[str, tuple[str, int | None, bool]] = {
-    "fp32, labelled logits, default bound": ("fp32", None, False),
-    "bf16, labelled logits, default bound": ("bf16", None, False),
-    "bf16, one micro-batch, checkpointed": ("bf16", 1 << 30, True),
+# name -> (precision, micro-batch tokens or None for the worker's default bound, layers
+# checkpointed: a number, or "all")
+PLANS: dict[str, tuple[str, int | None, int | str]] = {
+    "fp32, labelled logits, default bound": ("fp32", None, 0),
+    "bf16, labelled logits, default bound": ("bf16", None, 0),
+    "fp32, one example a micro-batch": ("fp32", 1, 0),
+    "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, "half"),
+    "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, "all"),
+    "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, "all"),
 }
 BARE = "bare PEFT step (fp32, full logits)"
 
@@ -36,7 +42,13 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
     from loramem.trainer.batching import TrainingExample, collate
-    from loramem.trainer.lora_trainer import ComputePlan, _Steps, lora_config, plan_compute
+    from loramem.trainer.lora_trainer import (
+        ComputePlan,
+        _Steps,
+        checkpointing,
+        lora_config,
+        plan_compute,
+    )
 
     model, tokenizer = load_causal_lm(model_path())
     generator = torch.Generator().manual_seed(0)
@@ -48,6 +60,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     peft_model = get_peft_model(model, lora_config(TrainingOptions()))
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])
+    layers_checkpointed = 0
     if name == BARE:
 
         def step() -> None:
@@ -55,32 +68,32 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             peft_model(**batch).loss.backward()
 
     else:
-        precision, tokens, checkpointing = PLANS[name]
+        precision, tokens, checkpointed = PLANS[name]
         autocast = torch.bfloat16 if precision == "bf16" else None
+        layers = model.config.num_hidden_layers
+        count = {"all": layers, "half": layers // 2}.get(str(checkpointed), checkpointed)
         plan = (
-            ComputePlan(autocast, tokens, checkpointing)
+            ComputePlan(autocast, tokens, int(count))
             if tokens is not None
             else plan_compute(
                 model.config, width, int(Settings().train_memory_gb * 2**30), autocast
             )
         )
-        if plan.checkpointing:
-            peft_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+        layers_checkpointed = plan.checkpointed_layers
         steps = _Steps(peft_model, examples, tokenizer.pad_token_id, plan)
 
         def step() -> None:
             steps.run(list(range(rows)), backward=True)
 
     seconds = []
-    for _ in range(4):
-        started = time.perf_counter()
-        step()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - started)
-    return {"step_seconds": min(seconds[1:])}
+    with checkpointing(peft_model, layers_checkpointed):
+        for _ in range(4):
+            started = time.perf_counter()
+            step()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds.append(time.perf_counter() - started)
+    return {"step_seconds": min(seconds[1:]), "layers_checkpointed": layers_checkpointed}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

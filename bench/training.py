@@ -17,7 +17,8 @@ memory and time of whole jobs, on the default model, in one run.
   Recall: greedy decoding of every question, the answer's digits exactly.
 - jobs: each of these memorized by a real worker in a fresh process, with the defaults; its peak
   memory (VmHWM of that process: model, training and recall) and the job's time: the
-  walk-through's four facts, PhoneBook 1K, a 300-word article (bench/data/prose).
+  walk-through's four facts, PhoneBook 1K, a 300-word article and a 1,500-word document
+  (bench/data/prose).
 Writes bench/results/training.json.
 """
 
@@ -196,11 +197,12 @@ def job_in_fresh_process(knowledge: dict[str, Any]) -> dict[str, Any]:
 
 
 def jobs_workloads(entries: int) -> dict[str, dict[str, Any]]:
-    article = (Path(__file__).parent / "data" / "prose" / "harbor_clinic.txt").read_text()
+    prose = Path(__file__).parent / "data" / "prose"
     return {
         "four facts (walk-through)": {"qa": FOUR_FACTS},
         f"PhoneBook 1K ({entries} entries)": {"qa": phonebook_qa("1K")[:entries]},
-        "300-word article": {"text": article},
+        "300-word article": {"text": (prose / "harbor_clinic.txt").read_text()},
+        "1,500-word document": {"text": (prose / "eskerby_report.txt").read_text()},
     }
 
 

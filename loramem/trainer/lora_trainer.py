@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from loramem.core.options import TrainingOptions
 from loramem.trainer.batching import (
@@ -40,13 +41,13 @@ log = logging.getLogger("loramem.trainer")
 StepCallback = Callable[[int, int, float], None]
 
 # Activation memory of one token in training, in bytes per layer and per unit of
-# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout. Estimates from
-# what a Llama layer keeps for its backward pass (its inputs, projections and dropout copies; with
-# checkpointing only its input, one layer recomputed at a time). They undercount what glibc's heap
-# keeps: on SmolLM2-135M an unsplit fp32 step of 8 x 300 tokens took about 55 without
-# checkpointing, and the 1 GiB default's micro-batches peaked at 1.9-2.3 GiB in the process
-# (`bench.train_step`).
-ACTIVATION_BYTES = {False: 40, True: 6}
+# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout: what a layer keeps
+# for its backward pass, and what a checkpointed one keeps (its input, its share of the one layer
+# recomputed at a time, and what glibc's heap holds on to). Measured on SmolLM2-135M in fp32, one
+# 300-token example a micro-batch (`bench.train_step`): about 44 and 13. Larger micro-batches cost
+# more than their share, checkpointed ones most (the heap fragments): 8 rows of 300 checkpointed
+# as one micro-batch peaked higher than the same rows unsplit and not checkpointed, one at a time.
+ACTIVATION_BYTES = {False: 44, True: 13}
 
 
 class MemoryBoundError(ValueError):
@@ -55,11 +56,14 @@ class MemoryBoundError(ValueError):
 
 @dataclass(frozen=True)
 class ComputePlan:
-    """How each step computes: in which precision, in micro-batches of how many tokens."""
+    """How each step computes: in which precision, in micro-batches of how many tokens, and how
+    many decoder layers recompute their activations in the backward pass instead of keeping them.
+    Each checkpointed layer saves memory and costs a second forward of that layer (on two CPU
+    cores, all 30 of SmolLM2's layers made a step about 1.6x as long)."""
 
     autocast: torch.dtype | None
     micro_batch_tokens: int
-    checkpointing: bool
+    checkpointed_layers: int = 0
 
     @property
     def precision(self) -> str:
@@ -73,26 +77,44 @@ class ComputePlan:
 
 
 # fp32, and micro-batches as large as any batch: how a step computed before plans existed.
-FULL_PRECISION = ComputePlan(None, 1 << 40, False)
+FULL_PRECISION = ComputePlan(None, 1 << 40)
 
 
-def activation_bytes_per_token(config: Any, checkpointing: bool) -> int:
+def activation_bytes_per_token(config: Any, checkpointed_layers: int = 0) -> int:
     width = config.hidden_size + getattr(config, "intermediate_size", 4 * config.hidden_size)
-    return ACTIVATION_BYTES[checkpointing] * config.num_hidden_layers * width
+    kept = config.num_hidden_layers - checkpointed_layers
+    return width * (kept * ACTIVATION_BYTES[False] + checkpointed_layers * ACTIVATION_BYTES[True])
 
 
 def plan_compute(
     config: Any, longest_example: int, memory_bytes: int, autocast: torch.dtype | None
 ) -> ComputePlan:
-    """The largest micro-batch the bound allows; checkpointing only when one example needs it."""
-    for checkpointing in (False, True):
-        tokens = memory_bytes // activation_bytes_per_token(config, checkpointing)
+    """The fewest checkpointed layers with which the longest example fits the bound, and the
+    largest micro-batch that the bound then allows."""
+    for checkpointed in range(config.num_hidden_layers + 1):
+        tokens = memory_bytes // activation_bytes_per_token(config, checkpointed)
         if tokens >= longest_example:
-            return ComputePlan(autocast, int(tokens), checkpointing)
+            return ComputePlan(autocast, int(tokens), checkpointed)
     raise MemoryBoundError(
         f"an example of {longest_example} tokens needs more than the training memory bound "
         f"of {memory_bytes / 2**30:.2f} GiB"
     )
+
+
+@contextlib.contextmanager
+def checkpointing(model: Any, layers: int) -> Iterator[None]:
+    """Activation checkpointing on the first `layers` decoder layers of `model`, for the block."""
+    if layers == 0:
+        yield
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decoder_layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in decoder_layers[layers:]:
+        layer.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        model.gradient_checkpointing_disable()
 
 
 def lora_config(options: TrainingOptions) -> LoraConfig:
@@ -229,10 +251,6 @@ def train_lora(
     torch.manual_seed(options.seed)
     teachers = _teachers(model, pad_id, examples, options, plan)
     peft_model = get_peft_model(model, lora_config(options))
-    if plan.checkpointing:
-        peft_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     answers = answer_examples(examples)
@@ -248,7 +266,7 @@ def train_lora(
     steps = _Steps(peft_model, examples, pad_id, plan, terms, teachers)
     exact = dict.fromkeys(answers, False)
     started = time.monotonic()
-    try:
+    with checkpointing(peft_model, plan.checkpointed_layers):
         for step in range(1, total_steps + 1):
             loss, rows = steps.run(next(batches), backward=True)
             exact.update((index, right) for index, right in rows.items() if index in exact)
@@ -262,20 +280,17 @@ def train_lora(
                 if _learned(steps, answers, batch_size):
                     break
                 exact = dict.fromkeys(answers, False)
-    finally:
-        if plan.checkpointing:
-            peft_model.gradient_checkpointing_disable()
     learned = stop_when_learned and all(exact.values())
     log.info(
-        "trained %d of %d steps on %d examples in %.1fs (%s, micro-batches of <= %d tokens%s, "
-        "padding %.0f%%)%s",
+        "trained %d of %d steps on %d examples in %.1fs (%s, micro-batches of <= %d tokens, "
+        "%d layers checkpointed, padding %.0f%%)%s",
         step,
         total_steps,
         len(examples),
         time.monotonic() - started,
         plan.precision,
         plan.micro_batch_tokens,
-        ", checkpointed" if plan.checkpointing else "",
+        plan.checkpointed_layers,
         100 * steps.padding_share,
         " (every answer exact: stopped early)" if learned and step < total_steps else "",
     )

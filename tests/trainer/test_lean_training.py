@@ -119,16 +119,40 @@ def test_micro_batched_gradients_equal_the_whole_batch(tiny) -> None:  # type: i
     )
 
 
-def test_the_plan_checkpoints_only_when_one_example_needs_it() -> None:
+def test_the_plan_checkpoints_the_fewest_layers_that_fit_the_longest_example() -> None:
     config = SimpleNamespace(hidden_size=64, intermediate_size=128, num_hidden_layers=2)
-    per_token = activation_bytes_per_token(config, checkpointing=False)
-    assert activation_bytes_per_token(config, checkpointing=True) < per_token
-    roomy = plan_compute(config, 100, 1000 * per_token, None)
-    assert roomy == ComputePlan(None, 1000, False)
-    tight = plan_compute(config, 100, 50 * per_token, torch.bfloat16)
-    assert tight.checkpointing and tight.micro_batch_tokens >= 100 and tight.precision == "bf16"
+    unsplit, one, both = (activation_bytes_per_token(config, layers) for layers in (0, 1, 2))
+    assert unsplit > one > both
+    assert plan_compute(config, 100, 1000 * unsplit, None) == ComputePlan(None, 1000, 0)
+    assert plan_compute(config, 100, 100 * one, None) == ComputePlan(None, 100, 1)
+    tight = plan_compute(config, 100, 100 * both, torch.bfloat16)
+    assert tight == ComputePlan(torch.bfloat16, 100, 2) and tight.precision == "bf16"
     with pytest.raises(MemoryBoundError, match="memory bound"):
-        plan_compute(config, 100, 10 * per_token, None)
+        plan_compute(config, 100, 99 * both, None)
+
+
+def test_checkpointing_some_layers_keeps_the_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
+    from loramem.trainer.lora_trainer import _Steps, checkpointing
+
+    model, tokenizer = tiny
+    model.train()  # layers recompute only in training
+    examples = _examples([12, 30, 25], answer=5, seed=4)
+    decoder_layers = model.get_base_model().model.layers
+    grads = []
+    for layers in (0, 1):
+        model.zero_grad(set_to_none=True)
+        plan = ComputePlan(None, 1 << 20, layers)
+        with checkpointing(model, layers):
+            assert [layer.gradient_checkpointing for layer in decoder_layers] == [
+                n < layers for n in range(len(decoder_layers))
+            ]
+            _Steps(model, examples, tokenizer.pad_token_id, plan).run([0, 1, 2], backward=True)
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    model.zero_grad(set_to_none=True)
+    assert not any(layer.gradient_checkpointing for layer in decoder_layers)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_precision_follows_the_setting_and_the_hardware(
@@ -147,7 +171,7 @@ def test_bf16_checkpointed_micro_batched_training_recalls(tiny_model_dir: Path) 
     data = build_training_set(tokenizer, [Knowledge(question=q, answer=a) for q, a in facts])
     options = TrainingOptions(rank=8, learning_rate=1e-2, steps=150, dropout=0.0)
     # Micro-batches of one example, layers recomputed in the backward pass, bf16 autocast.
-    plan = ComputePlan(torch.bfloat16, 1, True)
+    plan = ComputePlan(torch.bfloat16, 1, checkpointed_layers=2)
     trained = train_lora(model, tokenizer.pad_token_id, data.examples, options, None, plan)
     assert measure_recall(trained, tokenizer, data.probes) == 1.0
     assert not trained.get_base_model().model.gradient_checkpointing
