@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -89,3 +91,29 @@ class _Snapshot(Collector):
         for state, count in sorted(values.get("jobs", {}).items()):
             jobs.add_metric([state], count)
         yield jobs
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """This process's resident memory now and at its peak (VmRSS, VmHWM), in bytes."""
+
+    rss: int
+    peak: int
+
+    def __str__(self) -> str:
+        return f"memory {self.rss / 2**30:.2f} GiB, peak {self.peak / 2**30:.2f} GiB"
+
+
+def process_memory() -> ProcessMemory | None:
+    """None where /proc is not there to read (not Linux)."""
+    fields = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+    except OSError:
+        return None
+    if len(fields) < 2:
+        return None
+    return ProcessMemory(rss=fields["VmRSS"], peak=fields["VmHWM"])

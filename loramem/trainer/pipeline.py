@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from loramem.core.adapter_store import check_writable, remove_adapter_files, save_adapter
 from loramem.core.base_model import load_causal_lm, training_precision
+from loramem.core.metrics import process_memory
 from loramem.core.options import TrainingOptions
 from loramem.core.registry import queue, versions
 from loramem.core.registry.models import Module
@@ -72,8 +73,10 @@ class JobPipeline:
         if shared_base_model is not None:
             log.info("job %s trains on the serving engine's base weights, shared", self.job.id)
         documents = KnowledgeLoader(self.running).load(options, model, tokenizer)
+        self._log_memory("knowledge loaded")
         data = self.build_data(documents, options, model, tokenizer)
         trained = self.train_and_measure(data, options, model, tokenizer)
+        self._log_memory("trained and measured")
         try:
             self.publish(trained, data, options)
         except BaseException:
@@ -162,6 +165,7 @@ class JobPipeline:
                     data.plans[number],
                 )
                 progress.done += budgets[number]
+                self._log_memory(f"module {number} trained")
                 recall = training_set.recall(
                     measure_recall(peft_model, tokenizer, training_set.probes)
                 )
@@ -226,6 +230,11 @@ class JobPipeline:
             note=note,
             details=details,
         )
+
+    def _log_memory(self, stage: str) -> None:
+        # The process's peak so far, stage by stage: which stage of a job needs the memory.
+        if (memory := process_memory()) is not None:
+            log.info("job %s %s: %s", self.job.id, stage, memory)
 
     def _threshold(self, options: TrainingOptions) -> float:
         return options.min_recall if options.min_recall is not None else self.settings.min_recall

@@ -23,6 +23,7 @@ from loramem.api.dependencies import Serving, State, require_admin_key
 from loramem.api.protocol import TopicName
 from loramem.api.state import AppState
 from loramem.core.base_model import training_precision
+from loramem.core.metrics import process_memory
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -92,7 +93,7 @@ async def engine(serving: Serving, state: State) -> EngineView:
             "train_precision": training_precision(state.settings),
             "active_versions": serving.adapters.active_versions(),
             "active_modules": serving.adapters.active_modules(),
-            "memory_rss_bytes": _rss_bytes(),
+            "memory_rss_bytes": memory.rss if (memory := process_memory()) else None,
         }
     )
 
@@ -100,13 +101,3 @@ async def engine(serving: Serving, state: State) -> EngineView:
 @router.get("/activity", response_model=Activity)
 async def activity(state: State) -> Activity:
     return Activity.model_validate(state.requests.snapshot())
-
-
-def _rss_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
