@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -139,13 +140,26 @@ class Server:
         return response.json()
 
 
+# Settings of every server this run starts, from --server-setting (the run's own LORAMEM_
+# variables are not passed on: each part sets what it measures).
+SERVER_SETTINGS: dict[str, str] = {}
+
+
 @contextmanager
 def loramem_server(**settings: str) -> Iterator[Server]:
-    """A served loramem on the default model with a fresh registry, and `settings`."""
+    """A served loramem on the default model with a fresh registry, and `settings`; its log is
+    copied to bench/results/server.log when it stops."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = process_env(data_dir=tmp, model_dir=str(MODEL_DIR), engine="hf", **settings)
-        with served(env, Path(tmp) / "server.log") as (url, process):
-            yield Server(url, process.pid)
+        env = process_env(
+            data_dir=tmp, model_dir=str(MODEL_DIR), engine="hf", **SERVER_SETTINGS, **settings
+        )
+        log = Path(tmp) / "server.log"
+        try:
+            with served(env, log) as (url, process):
+                yield Server(url, process.pid)
+        finally:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, RESULTS / "server.log")
 
 
 def phonebook(server: Server, loads: list[str], ranks: list[int]) -> list[dict[str, Any]]:
@@ -533,9 +547,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         'each set in a fresh server, e.g. \'{"objective": "ce"};{"objective": "distill"}\'; '
         "the routing and counterfact parts use the first",
     )
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of every server started, by its short name: train_memory_gb=0.5",
+    )
     add_paper_data_flag(parser)
     args = parser.parse_args(argv)
     use_paper_data_flag(args)
+    for setting in args.server_setting:
+        name, _, value = setting.partition("=")
+        SERVER_SETTINGS[name.strip().lower()] = value.strip()
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
     if "phonebook" in only:

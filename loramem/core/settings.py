@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     # instructions or the GPU supports it, else fp32.
     train_precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Memory the activations of one training micro-batch may take: batches are split into
-    # micro-batches (and checkpointed when one example needs it) to stay within it.
-    train_memory_gb: float = Field(1.0, gt=0, le=1024)
+    # micro-batches (and layers checkpointed when one example needs it) to stay within it. Small
+    # micro-batches leave glibc's heap less to fragment: on a 300-word article, 0.5 against 1.0
+    # took the server's peak from 2.67 to 2.03 GiB; a step took 13.5 s against 9.9 (README).
+    train_memory_gb: float = Field(0.5, gt=0, le=1024)
 
     api_key: str | None = None
     admin_api_key: str | None = None
