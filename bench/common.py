@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from loramem.core.metrics import process_memory
 from tests.helpers import process_env, served
 
 RESULTS = Path(__file__).parent / "results"
@@ -146,18 +147,10 @@ def loramem(work: Path, engine: str, **settings: str) -> Iterator[tuple[str, int
 
 def memory_gib(pid: int) -> dict[str, float]:
     """Resident memory now and at its peak, of a process and its children (vLLM's engine core)."""
-    now = peak = 0
     root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
-        except FileNotFoundError:
-            continue
-        for line in status:
-            if line.startswith("VmRSS:"):
-                now += int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                peak += int(line.split()[1]) * 1024
+    tree = [process_memory(p.pid) for p in [root, *root.children(recursive=True)]]
+    now = sum(m.rss for m in tree if m is not None)
+    peak = sum(m.peak for m in tree if m is not None)
     return {"rss_gib": now / 2**30, "peak_rss_gib": peak / 2**30}
 
 

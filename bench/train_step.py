@@ -20,15 +20,15 @@ from typing import Any
 
 from bench.common import in_fresh_process, ratio, report_to_parent, save
 
-# name -> (precision, micro-batch tokens or None for the worker's default bound, layers
-# checkpointed: a number, or "all")
-PLANS: dict[str, tuple[str, int | None, int | str]] = {
+# name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
+# the share of decoder layers checkpointed where the micro-batch is given)
+PLANS: dict[str, tuple[str, int | None, float]] = {
     "fp32, labelled logits, default bound": ("fp32", None, 0),
     "bf16, labelled logits, default bound": ("bf16", None, 0),
     "fp32, one example a micro-batch": ("fp32", 1, 0),
-    "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, "half"),
-    "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, "all"),
-    "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, "all"),
+    "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5),
+    "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, 1),
+    "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1),
 }
 BARE = "bare PEFT step (fp32, full logits)"
 
@@ -68,12 +68,10 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             peft_model(**batch).loss.backward()
 
     else:
-        precision, tokens, checkpointed = PLANS[name]
+        precision, tokens, share = PLANS[name]
         autocast = torch.bfloat16 if precision == "bf16" else None
-        layers = model.config.num_hidden_layers
-        count = {"all": layers, "half": layers // 2}.get(str(checkpointed), checkpointed)
         plan = (
-            ComputePlan(autocast, tokens, int(count))
+            ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
             if tokens is not None
             else plan_compute(
                 model.config, width, int(Settings().train_memory_gb * 2**30), autocast
@@ -104,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--text", action="store_true", help="every token labelled")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from loramem.core.base_model import bf16_supported
+
     answer = None if args.text else args.answer
     if args.one:
         result = _one(args.one, args.rows, args.width, answer)
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
     shape = ["--rows", str(args.rows), "--width", str(args.width)]
     shape += ["--text"] if args.text else ["--answer", str(args.answer)]
-    from loramem.core.base_model import bf16_supported
-
     # Without bf16 instructions the CPU emulates it about 30x slower than fp32: no worker picks it.
     plans = [name for name in PLANS if PLANS[name][0] == "fp32" or bf16_supported("cpu")]
     results: dict[str, Any] = {}

@@ -95,7 +95,7 @@ class _Snapshot(Collector):
 
 @dataclass(frozen=True)
 class ProcessMemory:
-    """This process's resident memory now and at its peak (VmRSS, VmHWM), in bytes."""
+    """A process's resident memory now and at its peak (VmRSS, VmHWM), in bytes."""
 
     rss: int
     peak: int
@@ -104,11 +104,12 @@ class ProcessMemory:
         return f"memory {self.rss / 2**30:.2f} GiB, peak {self.peak / 2**30:.2f} GiB"
 
 
-def process_memory() -> ProcessMemory | None:
-    """None where /proc is not there to read (not Linux)."""
+def process_memory(pid: int | None = None) -> ProcessMemory | None:
+    """This process's, or `pid`'s; None where /proc cannot tell (not Linux, the process gone)."""
     fields = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        status = Path(f"/proc/{pid or 'self'}/status").read_text()
+        for line in status.splitlines():
             name, _, value = line.partition(":")
             if name in ("VmRSS", "VmHWM"):
                 fields[name] = int(value.split()[0]) * 1024
