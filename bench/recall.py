@@ -288,10 +288,17 @@ class Asked:
 
 
 def composed_ways(methods: list[str], top_ks: tuple[int, ...] = (2, 3)) -> list[tuple[str, Any]]:
-    """Top-1, then each top-k with each composition method: (name, request fields)."""
-    return [("top-1", {"top_k": 1})] + [
-        (f"top-{k} {method}", {"top_k": k, "compose": method}) for k in top_ks for method in methods
-    ]
+    """Top-1, then each top-k with each composition method: (name, request fields). Composing
+    by confidence is asked both ways: the surest after the server's deciding tokens going on
+    alone, and every candidate finishing its answer (`confident_tokens: 0`)."""
+    ways: list[tuple[str, Any]] = [("top-1", {"top_k": 1})]
+    for k in top_ks:
+        for method in methods:
+            ways.append((f"top-{k} {method}", {"top_k": k, "compose": method}))
+            if method == "confident":
+                whole = {"top_k": k, "compose": method, "confident_tokens": 0}
+                ways.append((f"top-{k} {method}, whole answers", whole))
+    return ways
 
 
 def multi_module(

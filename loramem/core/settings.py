@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # `merge_density` of each update (ties). Modules past the rank limit are left out.
     route_top_k: int = Field(1, ge=1, le=8)
     compose: ComposeMethod = "confident"
+    # Composing by confidence: the tokens every candidate says before the surest goes on alone
+    # and the others stop (0: every candidate finishes its answer first). A request then lasts
+    # about as long as one module's, not as long as its longest candidate's.
+    confident_tokens: int = Field(8, ge=0)
     merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.

@@ -2,7 +2,7 @@
 its last output has been read (or it was abandoned).
 
 `start` is what every protocol calls. Composition by confidence runs each candidate module as a
-row of the same batches and keeps the answer the model was surest of.
+row of the same batches, and the one the model is surest of after a few tokens goes on alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from loramem.core.errors import EngineFailed
 from loramem.core.metrics import Metrics
 from loramem.serving.admission import Admission, Ticket
-from loramem.serving.engines import Engine, EngineError, GenerationOutput, LoRAAdapter
+from loramem.serving.engines import Engine, EngineError, GenerationOutput
 from loramem.serving.planner import Asked, Plan, Planner, Prompt
 
 
@@ -80,7 +80,7 @@ class GenerationService:
             raise
         return Generation(plan, self._run(plan), ticket)
 
-    async def _run(self, plan: Plan) -> AsyncIterator[GenerationOutput]:
+    async def _run(self, plan: Plan) -> AsyncGenerator[GenerationOutput]:
         started = time.monotonic()
         first = True
         finished = False
@@ -101,29 +101,42 @@ class GenerationService:
         except EngineError as error:
             raise EngineFailed("the engine could not serve this request") from error
         finally:
-            if not finished:
-                await self.engine.abort(plan.request_id)
+            # Unfinished (a client gone): closing the engine's answers, or every candidate's,
+            # frees their rows at once.
+            await generated.aclose()
 
-    async def _most_confident(self, plan: Plan) -> AsyncIterator[GenerationOutput]:
-        """Every candidate module answers (rows of the same batches); yields the answer the
-        model was surest of, once all have finished. Streaming waits for it too."""
-
-        async def answer(number: int, adapter: LoRAAdapter) -> GenerationOutput:
-            last: GenerationOutput | None = None
-            request_id = candidate_id(plan.request_id, number)
-            async for output in self.engine.generate(
-                request_id, plan.prompt_ids, plan.params, adapter
-            ):
-                last = output
-            assert last is not None
-            return last
-
+    async def _most_confident(self, plan: Plan) -> AsyncGenerator[GenerationOutput]:
+        """Every candidate module starts answering (rows of the same batches). Once each has
+        said the plan's `confident_tokens` tokens or finished, the one the model was surest of
+        so far goes on alone and the others stop; its outputs are yielded from then on."""
+        enough = plan.confident_tokens or plan.params.max_tokens
         answers = [
-            asyncio.create_task(answer(n, adapter)) for n, adapter in enumerate(plan.candidates)
+            self.engine.generate(candidate_id(plan.request_id, n), plan.prompt_ids, plan.params, a)
+            for n, a in enumerate(plan.candidates)
         ]
+        latest: list[GenerationOutput | None] = [None] * len(answers)
+
+        async def until_judged(number: int) -> None:
+            async for output in answers[number]:
+                latest[number] = output
+                if output.finished or len(output.token_ids) >= enough:
+                    return
+
+        judging = [asyncio.create_task(until_judged(n)) for n in range(len(answers))]
         try:
-            finals = await asyncio.gather(*answers)
+            await asyncio.gather(*judging)
+            surest = max((output for output in latest if output is not None), key=confidence)
+            chosen = latest.index(surest)
+            for number, answer in enumerate(answers):
+                if number != chosen:
+                    await answer.aclose()  # the engine frees its row
+            yield surest
+            if not surest.finished:
+                async for output in answers[chosen]:
+                    yield output
         finally:
-            for task in answers:  # a request gone: its candidates stop too
+            for task in judging:  # a request gone: its candidates stop too
                 task.cancel()
-        yield max(finals, key=confidence)
+            await asyncio.gather(*judging, return_exceptions=True)
+            for answer in answers:
+                await answer.aclose()

@@ -51,6 +51,7 @@ class Asked:
     ignore_eos: bool = False
     top_k: int | None = None
     compose: ComposeMethod | None = None
+    confident_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ class Plan:
     modules: list[tuple[ActiveAdapter, float]]
     adapter: LoRAAdapter | None
     retrieved: list[Hit]
-    # ...or, composed by confidence, the modules' adapters that each answer (rows of one batch).
+    # ...or, composed by confidence, the modules' adapters that each answer (rows of one batch),
+    # each saying this many tokens before the surest goes on alone (0: all finish).
     candidates: tuple[LoRAAdapter, ...] = ()
+    confident_tokens: int = 0
 
 
 class Planner:
@@ -127,8 +130,18 @@ class Planner:
             ignore_eos=asked.ignore_eos,
             logprobs=bool(candidates),
         )
+        confident_tokens = asked.confident_tokens
         return Plan(
-            uuid.uuid4().hex, prompt_ids, params, topic, served, modules, adapter, hits, candidates
+            uuid.uuid4().hex,
+            prompt_ids,
+            params,
+            topic,
+            served,
+            modules,
+            adapter,
+            hits,
+            candidates,
+            self.settings.confident_tokens if confident_tokens is None else confident_tokens,
         )
 
     async def _serve(

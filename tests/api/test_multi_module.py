@@ -75,6 +75,17 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         assert any(name.startswith("composed:") for name in engine["adapters"])
 
         # By confidence: each of the top 3 answers, the surest answer is kept, its module first.
+        # Judged after one token instead (`confident_tokens`), a module that learned another
+        # answer can win on that answer's first token, whatever is asked: here, once.
+        early = [
+            await _ask(client, fact["question"], top_k=3, confident_tokens=1) for fact in FACTS
+        ]
+        assert all(sorted(a["module"] for a in e["adapters"]) == [0, 1, 2] for e in early)
+        assert [e["text"].startswith(f["answer"]) for e, f in zip(early, FACTS, strict=True)] == [
+            True,
+            True,
+            False,
+        ]
         for module, fact in enumerate(FACTS):
             for stream in (False, True):
                 confident = await _ask(
@@ -101,6 +112,10 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         assert len(list((topic_dir / "composed").iterdir())) == 2
         refused = await client.post(
             "/generate", json={"prompt": "x", "topic": "atlas", "compose": "average"}
+        )
+        assert refused.status_code == 422
+        refused = await client.post(
+            "/generate", json={"prompt": "x", "topic": "atlas", "confident_tokens": -1}
         )
         assert refused.status_code == 422
 

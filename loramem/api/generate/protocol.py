@@ -33,6 +33,13 @@ class GenerateRequest(StrictBody):
     compose: ComposeMethod | None = Field(
         None, description="how more than one module is composed: confident, sum, weighted or ties"
     )
+    confident_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=4096,
+        description="composing by confidence: the tokens each module says before the surest goes "
+        "on alone (0: every module finishes its answer)",
+    )
     stream: bool = False
 
 

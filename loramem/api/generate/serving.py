@@ -60,6 +60,7 @@ class GenerateServing:
             ignore_eos=request.ignore_eos,
             top_k=request.top_k,
             compose=request.compose,
+            confident_tokens=request.confident_tokens,
         )
         return await self.generation.start(prompt, asked)
 

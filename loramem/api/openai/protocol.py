@@ -41,6 +41,7 @@ class SamplingRequest(BaseModel):
     # loramem's extensions (the openai client sends them in `extra_body`), as in /generate.
     top_k: int | None = Field(None, ge=1, le=8)
     compose: ComposeMethod | None = None
+    confident_tokens: int | None = Field(None, ge=0, le=4096)
     stream: bool = False
     n: Literal[1] = 1
 

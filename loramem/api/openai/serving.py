@@ -80,6 +80,7 @@ class OpenAIServing:
                 ignore_eos=body.ignore_eos,
                 top_k=body.top_k,
                 compose=body.compose,
+                confident_tokens=body.confident_tokens,
             ),
         )
 

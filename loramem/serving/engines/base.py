@@ -9,7 +9,7 @@ request can be aborted by id. Adapters reach an engine only after
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ class Engine(abc.ABC):
         prompt_token_ids: Sequence[int],
         params: SamplingParams,
         adapter: LoRAAdapter | None = None,
-    ) -> AsyncIterator[GenerationOutput]:
+    ) -> AsyncGenerator[GenerationOutput]:
         """Yields cumulative outputs; the last one has `finished=True`."""
 
     @abc.abstractmethod

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +183,7 @@ class HFEngine(Engine):
         prompt_token_ids: Sequence[int],
         params: SamplingParams,
         adapter: LoRAAdapter | None = None,
-    ) -> AsyncIterator[GenerationOutput]:
+    ) -> AsyncGenerator[GenerationOutput]:
         request = _Request(
             request_id, list(prompt_token_ids), params, adapter, asyncio.get_running_loop()
         )

@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +233,7 @@ class VLLMEngine(Engine):
         prompt_token_ids: Sequence[int],
         params: SamplingParams,
         adapter: LoRAAdapter | None = None,
-    ) -> AsyncIterator[GenerationOutput]:
+    ) -> AsyncGenerator[GenerationOutput]:
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
