@@ -3,6 +3,7 @@ same data and settings, the time each takes to reach 95% recall on PhoneBook 1K,
 memory and time of whole jobs, on the default model, in one run.
 
     .venv/bin/python -m bench.training [--only throughput,race,jobs] [--entries 48] [--steps 20]
+        [--jobs facts,phonebook,article,document]
 
 - throughput: `--steps` optimizer steps on the PhoneBook QA pairs (chat-formatted, answer-only
   loss, rank 8 on all linear layers, lr 2e-3, batch 8, cosine, per-batch padding). loramem's side
@@ -196,13 +197,23 @@ def job_in_fresh_process(knowledge: dict[str, Any]) -> dict[str, Any]:
         return in_fresh_process("bench.training", "--run-job", spec.name)
 
 
-def jobs_workloads(entries: int) -> dict[str, dict[str, Any]]:
+def jobs_workloads(entries: int) -> dict[str, Any]:
+    """By short name: (what the report calls it, how to read its knowledge)."""
     prose = Path(__file__).parent / "data" / "prose"
     return {
-        "four facts (walk-through)": {"qa": FOUR_FACTS},
-        f"PhoneBook 1K ({entries} entries)": {"qa": phonebook_qa("1K")[:entries]},
-        "300-word article": {"text": (prose / "harbor_clinic.txt").read_text()},
-        "1,500-word document": {"text": (prose / "eskerby_report.txt").read_text()},
+        "facts": ("four facts (walk-through)", lambda: {"qa": FOUR_FACTS}),
+        "phonebook": (
+            f"PhoneBook 1K ({entries} entries)",
+            lambda: {"qa": phonebook_qa("1K")[:entries]},
+        ),
+        "article": (
+            "300-word article",
+            lambda: {"text": (prose / "harbor_clinic.txt").read_text()},
+        ),
+        "document": (
+            "1,500-word document",
+            lambda: {"text": (prose / "eskerby_report.txt").read_text()},
+        ),
     }
 
 
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--no-race", action="store_true", help="time loramem's recipe only, not the bare loop's"
     )
     parser.add_argument("--only", default="throughput,race,jobs")
+    parser.add_argument(
+        "--jobs", default="facts,phonebook,article,document", help="the jobs part's workloads"
+    )
     parser.add_argument("--run-job", type=Path, help=argparse.SUPPRESS)
     add_paper_data_flag(parser)
     args = parser.parse_args(argv)
@@ -298,8 +312,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["to_95_recall"] = {"loramem": learned, "bare": naive}
     if "jobs" in only:
         report["jobs"] = {}
-        for name, knowledge in jobs_workloads(args.entries).items():
-            result = job_in_fresh_process(knowledge)
+        workloads = jobs_workloads(args.entries)
+        for short in args.jobs.split(","):
+            name, knowledge = workloads[short]
+            result = job_in_fresh_process(knowledge())
             report["jobs"][name] = result
             print(
                 f"  job {name}: {result['job_seconds']:.0f} s ({result['steps']} steps, "

@@ -28,7 +28,7 @@ from loramem.api.openai.protocol import (
     ModelList,
     SamplingRequest,
 )
-from loramem.core.prompting import with_context
+from loramem.core.prompting import chat_ids, with_context
 from loramem.core.settings import Settings
 from loramem.serving.engines import GenerationOutput
 from loramem.serving.generation import Generation, GenerationService
@@ -94,8 +94,7 @@ class OpenAIServing:
             turns = [dict(m) for m in messages]
             if last_user is not None:
                 turns[last_user]["content"] = with_context(context, query)
-            ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            return chat_ids(tokenizer, turns)
 
         return await self._start(body, Prompt(query, to_ids))
 
