@@ -132,15 +132,19 @@ async def test_a_version_below_the_recall_threshold_is_kept_but_not_served(
 async def test_a_generator_that_fails_falls_back_to_the_rules(
     settings: Settings, generator: str
 ) -> None:
-    # Nothing listens at this endpoint; the tiny model writes no JSON.
+    # Nothing listens at this endpoint; the tiny model's reply holds no usable QA pairs (no JSON,
+    # or JSON without them: which depends on its random weights and the prompt).
     down = f"http://127.0.0.1:{free_port()}/v1"
     async with running_app(settings.model_copy(update={"augment_endpoint_url": down})) as client:
         job = await _memorize(client, text=TEXT, options={**FAST, "generator": generator})
         assert job["status"] == "succeeded", job
         [augmented] = await _events(client, job["id"], "augmented")
         assert augmented["generator"] == generator and augmented["fallbacks"] == 1
-        reason = {"endpoint": "unreachable (ConnectError)", "model": "JSON"}[generator]
-        assert reason in augmented["fallback_reason"]
+        reasons = {
+            "endpoint": ("unreachable (ConnectError)",),
+            "model": ("JSON", "no list of QA pairs"),
+        }[generator]
+        assert any(reason in augmented["fallback_reason"] for reason in reasons), augmented
         generated = (await client.get("/admin/topics/notes")).json()["generated"]
         assert {g["generator"] for g in generated} == {"rules"}
 
