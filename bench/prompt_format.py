@@ -82,17 +82,6 @@ def reading(variant: str, batch_size: int = 8) -> dict[str, Any]:
     }
 
 
-def mean_example_tokens(knowledge: dict[str, Any]) -> float:
-    from loramem.core.base_model import load_causal_lm
-    from loramem.trainer.training_data import Knowledge, build_training_set
-
-    _, tokenizer = load_causal_lm(model_path())
-    data = build_training_set(
-        tokenizer, [Knowledge(question=p["question"], answer=p["answer"]) for p in knowledge["qa"]]
-    )
-    return data.tokens / len(data.examples)
-
-
 def job(variant: str, knowledge: dict[str, Any]) -> dict[str, Any]:
     """One job with the defaults in a fresh process that uses `variant`."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as spec:
@@ -119,11 +108,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     if args.run_job:
-        from bench.training import trainer
+        from bench.training import mean_example_tokens, trainer
 
         use_variant(variants[0])
         knowledge = json.loads(args.run_job.read_text())
-        result = {**trainer(knowledge), "mean_example_tokens": mean_example_tokens(knowledge)}
+        result = {**trainer(knowledge), "mean_example_tokens": mean_example_tokens(knowledge["qa"])}
         report_to_parent(result)
         return result
     only = set(args.only.split(","))

@@ -153,6 +153,19 @@ def bare_loop(
     return {"seconds": time.perf_counter() - began - checking, "steps": step, "curve": curve}
 
 
+def mean_example_tokens(qa: list[dict[str, str]]) -> float:
+    """Tokens in an example the trainer builds from these QA pairs, on average."""
+    from transformers import AutoTokenizer
+
+    from loramem.trainer.training_data import Knowledge, build_training_set
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    data = build_training_set(
+        tokenizer, [Knowledge(question=p["question"], answer=p["answer"]) for p in qa]
+    )
+    return data.tokens / len(data.examples)
+
+
 def trainer(knowledge: dict[str, Any]) -> dict[str, Any]:
     """One job (a /memorize body without its topic) through loramem's registry and trainer
     worker, in this process, with the settings of the environment."""
@@ -253,14 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if only & {"throughput", "race"}:
         qa = phonebook_qa("1K")[: args.entries]
     if "throughput" in only:
-        from loramem.core.base_model import load_causal_lm
-        from loramem.trainer.training_data import Knowledge, build_training_set
-
-        _, tokenizer = load_causal_lm(model_path())
-        data = build_training_set(
-            tokenizer, [Knowledge(question=p["question"], answer=p["answer"]) for p in qa]
-        )
-        mean_tokens = data.tokens / len(data.examples)
+        mean_tokens = mean_example_tokens(qa)
         tokens = args.steps * min(BATCH, len(qa)) * mean_tokens
         ours = trainer(
             {"qa": qa, "options": {**fixed, "steps": args.steps, "stop_when_learned": False}}

@@ -21,12 +21,22 @@ SYSTEM_PROMPT: str | None = ""
 def chat_ids(tokenizer: Any, turns: list[dict[str, str]]) -> list[int]:
     """The chat template's prompt for `turns`, ready for the assistant's answer. Turns without a
     system turn get SYSTEM_PROMPT's, unless the template refuses a system role."""
-    if SYSTEM_PROMPT is not None and (not turns or turns[0]["role"] != "system"):
+    template = getattr(tokenizer, "chat_template", None)
+    if (
+        SYSTEM_PROMPT is not None
+        and (not turns or turns[0]["role"] != "system")
+        and template not in _REFUSING_SYSTEM
+    ):
         try:
             return _applied(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}, *turns])
         except TemplateError:  # "System role not supported" and the like
-            pass
+            _REFUSING_SYSTEM.add(template)
     return _applied(tokenizer, turns)
+
+
+# Chat templates (their text) that raised on a system turn: asked without one from then on, so a
+# prompt costs one rendering, not a failed one first.
+_REFUSING_SYSTEM: set[str | None] = set()
 
 
 def _applied(tokenizer: Any, turns: list[dict[str, str]]) -> list[int]:

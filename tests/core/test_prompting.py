@@ -45,3 +45,8 @@ def test_a_template_that_refuses_a_system_role_gets_none(tiny_model_dir: Path) -
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.chat_template = REFUSES_SYSTEM
     assert tokenizer.decode(question_ids(tokenizer, "Hi")) == "<user>Hi<assistant>"
+    renderings = []
+    render = tokenizer.apply_chat_template
+    tokenizer.apply_chat_template = lambda *a, **k: renderings.append(a) or render(*a, **k)
+    assert tokenizer.decode(question_ids(tokenizer, "Hello")) == "<user>Hello<assistant>"
+    assert len(renderings) == 1  # the refusal is remembered, not met again on every prompt
