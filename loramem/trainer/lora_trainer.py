@@ -41,13 +41,15 @@ log = logging.getLogger("loramem.trainer")
 StepCallback = Callable[[int, int, float], None]
 
 # Activation memory of one token in training, in bytes per layer and per unit of
-# (hidden_size + intermediate_size), with LoRA on all linear layers and dropout: what a layer keeps
-# for its backward pass, and what a checkpointed one keeps (its input, its share of the one layer
-# recomputed at a time). On SmolLM2-135M in fp32, one 300-token example took 0.87 GiB above the
-# loaded model (49 bytes), and 8 of them as micro-batches of one, 2.26 GiB in all; checkpointing
-# all 30 layers took that to 1.64 GiB (about 35 bytes saved per layer; `bench.train_step`).
-# Larger micro-batches cost more than their share, checkpointed ones most (glibc's heap
-# fragments): 8 rows of 300 checkpointed as one micro-batch peaked at 4.05 GiB.
+# (hidden_size + intermediate_size), with LoRA on all linear layers: what a layer keeps for its
+# backward pass, and what a checkpointed one keeps (its input, its share of the one layer
+# recomputed at a time). Measured with LoRA dropout 0.1, which keeps a dropped-out copy of each
+# layer's input; without it (the default) a layer keeps less and the bound errs safe. On
+# SmolLM2-135M in fp32, one 300-token example took 0.87 GiB above the loaded model (49 bytes),
+# and 8 of them as micro-batches of one, 2.26 GiB in all; checkpointing all 30 layers took that
+# to 1.64 GiB (about 35 bytes saved per layer; `bench.train_step`). Larger micro-batches cost
+# more than their share, checkpointed ones most (glibc's heap fragments): 8 rows of 300
+# checkpointed as one micro-batch peaked at 4.05 GiB.
 ACTIVATION_BYTES = {False: 44, True: 13}
 
 
@@ -118,11 +120,11 @@ def checkpointing(model: Any, layers: int) -> Iterator[None]:
         model.gradient_checkpointing_disable()
 
 
-def lora_config(options: TrainingOptions) -> LoraConfig:
+def lora_config(options: TrainingOptions, only_answers: bool = False) -> LoraConfig:
     return LoraConfig(
         r=options.rank,
         lora_alpha=options.alpha if options.alpha is not None else options.rank,
-        lora_dropout=options.dropout,
+        lora_dropout=options.lora_dropout(only_answers),
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
@@ -138,12 +140,16 @@ def answer_examples(examples: Sequence[TrainingExample]) -> list[int]:
     ]
 
 
+def only_answers(examples: Sequence[TrainingExample]) -> bool:
+    """QA pairs alone, no text to learn."""
+    return len(answer_examples(examples)) == len(examples)
+
+
 def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -> int:
     # Only a job of answers alone is sure to stop early: its budget is an upper bound. A text
     # with questions about it may stop early too, once every answer is exact, within the usual
     # budget (the text itself is learned over the same steps).
-    only_answers = options.stop_when_learned and len(answer_examples(examples)) == len(examples)
-    return options.total_steps(len(examples), only_answers)
+    return options.total_steps(len(examples), options.stop_when_learned and only_answers(examples))
 
 
 class _Steps:
@@ -251,7 +257,8 @@ def train_lora(
         raise ValueError("nothing to train on")
     torch.manual_seed(options.seed)
     teachers = _teachers(model, pad_id, examples, options, plan)
-    peft_model = get_peft_model(model, lora_config(options))
+    config = lora_config(options, only_answers(examples))
+    peft_model = get_peft_model(model, config)
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     answers = answer_examples(examples)
@@ -283,13 +290,14 @@ def train_lora(
                 exact = dict.fromkeys(answers, False)
     learned = stop_when_learned and all(exact.values())
     log.info(
-        "trained %d of %d steps on %d examples in %.1fs (%s, micro-batches of <= %d tokens, "
-        "%d layers checkpointed, padding %.0f%%)%s",
+        "trained %d of %d steps on %d examples in %.1fs (%s, dropout %g, micro-batches of <= %d "
+        "tokens, %d layers checkpointed, padding %.0f%%)%s",
         step,
         total_steps,
         len(examples),
         time.monotonic() - started,
         plan.precision,
+        config.lora_dropout,
         plan.micro_batch_tokens,
         plan.checkpointed_layers,
         100 * steps.padding_share,

@@ -10,7 +10,7 @@ from loramem.core.base_model import load_causal_lm
 from loramem.core.options import TrainingOptions
 from loramem.core.prompting import question_ids
 from loramem.trainer.augmentation import GeneratedItem
-from loramem.trainer.lora_trainer import train_lora
+from loramem.trainer.lora_trainer import lora_config, only_answers, train_lora
 from loramem.trainer.matching import recalled
 from loramem.trainer.recall import measure_recall
 from loramem.trainer.training_data import (
@@ -63,6 +63,15 @@ def test_options_plan_enough_steps() -> None:
     assert TrainingOptions().total_steps(4, stops_when_learned=True) == 120
     assert TrainingOptions(batch_size=8).total_steps(48, stops_when_learned=True) == 240
     assert TrainingOptions(steps=7).total_steps(48, stops_when_learned=True) == 7
+
+
+def test_qa_pairs_alone_train_without_dropout_and_texts_with_it(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    qa = build_training_set(tokenizer, [Knowledge(question="Who?", answer="Quiggle")]).examples
+    text = build_training_set(tokenizer, [Knowledge(text="Quiggle is a pet.")]).examples
+    assert only_answers(qa) and not only_answers(text) and not only_answers([*qa, *text])
+    assert lora_config(TrainingOptions(), only_answers(qa)).lora_dropout == 0.0
+    assert lora_config(TrainingOptions(), only_answers(text)).lora_dropout == 0.1
+    assert lora_config(TrainingOptions(dropout=0.05), True).lora_dropout == 0.05
 
 
 def test_training_makes_the_tiny_model_recall_a_fact(tiny_model_dir: Path) -> None:
