@@ -8,7 +8,8 @@ tokens of each are labelled (a QA example with a long prompt, as a context-aware
 with `--text` every token is (a text chunk). Each configuration runs 4 steps; the time is the best
 of the last 3, the memory the process's VmHWM after them (the model included). The plans: the
 worker's own under the default bound, and micro-batches of one example with no, half or every
-decoder layer checkpointed, which is what the bound trades between.
+decoder layer checkpointed, which is what the bound trades between; with LoRA dropout 0.1 (texts')
+and without (QA pairs alone).
 Writes bench/results/train_step.json.
 """
 
@@ -19,18 +20,21 @@ import time
 from typing import Any
 
 from bench.common import in_fresh_process, ratio, report_to_parent, save
+from loramem.core.options import TEXT_DROPOUT
 
 # name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
-# the share of decoder layers checkpointed where the micro-batch is given)
-PLANS: dict[str, tuple[str, int | None, float]] = {
-    "fp32, labelled logits, default bound": ("fp32", None, 0),
-    "bf16, labelled logits, default bound": ("bf16", None, 0),
-    "fp32, one example a micro-batch": ("fp32", 1, 0),
-    "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5),
-    "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, 1),
-    "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1),
+# the share of decoder layers checkpointed where the micro-batch is given, LoRA dropout)
+PLANS: dict[str, tuple[str, int | None, float, float]] = {
+    "fp32, labelled logits, default bound": ("fp32", None, 0, TEXT_DROPOUT),
+    "fp32, labelled logits, default bound, no LoRA dropout (QA alone)": ("fp32", None, 0, 0),
+    "bf16, labelled logits, default bound": ("bf16", None, 0, TEXT_DROPOUT),
+    "bf16, labelled logits, default bound, no LoRA dropout (QA alone)": ("bf16", None, 0, 0),
+    "fp32, one example a micro-batch": ("fp32", 1, 0, TEXT_DROPOUT),
+    "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5, TEXT_DROPOUT),
+    "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, 1, TEXT_DROPOUT),
+    "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1, TEXT_DROPOUT),
 }
-BARE = "bare PEFT step (fp32, full logits)"
+BARE = "bare PEFT step (fp32, full logits, LoRA dropout 0.1)"
 
 
 def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]:
@@ -57,7 +61,8 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
         ids = torch.randint(100, 40_000, (width,), generator=generator).tolist()
         labels = [-100] * (width - answer) + ids[-answer:] if answer else list(ids)
         examples.append(TrainingExample(ids, labels))
-    peft_model = get_peft_model(model, lora_config(TrainingOptions()))
+    dropout = PLANS[name][3] if name in PLANS else TEXT_DROPOUT
+    peft_model = get_peft_model(model, lora_config(TrainingOptions(dropout=dropout)))
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])
     layers_checkpointed = 0
@@ -68,7 +73,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             peft_model(**batch).loss.backward()
 
     else:
-        precision, tokens, share = PLANS[name]
+        precision, tokens, share, _ = PLANS[name]
         autocast = torch.bfloat16 if precision == "bf16" else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))

@@ -3,7 +3,7 @@ same data and settings, the time each takes to reach 95% recall on PhoneBook 1K,
 memory and time of whole jobs, on the default model, in one run.
 
     .venv/bin/python -m bench.training [--only throughput,race,jobs] [--entries 48] [--steps 20]
-        [--jobs facts,phonebook,article,document]
+        [--jobs facts,phonebook,article,document] [--race-options JSON] [--no-race]
 
 - throughput: `--steps` optimizer steps on the PhoneBook QA pairs (chat-formatted, answer-only
   loss, rank 8 on all linear layers, lr 2e-3, batch 8, cosine, per-batch padding). loramem's side
@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--no-race", action="store_true", help="time loramem's recipe only, not the bare loop's"
     )
+    parser.add_argument(
+        "--race-options",
+        default="{}",
+        help="memorize options added to loramem's recipe in the race, e.g. '{\"dropout\": 0.1}'",
+    )
     parser.add_argument("--only", default="throughput,race,jobs")
     parser.add_argument(
         "--jobs", default="facts,phonebook,article,document", help="the jobs part's workloads"
@@ -295,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "careful": careful,
         }
     if "race" in only:
-        learned = trainer({"qa": qa, "options": fixed})
+        learned = trainer({"qa": qa, "options": {**fixed, **json.loads(args.race_options)}})
         print(
             f"  loramem recipe: recall {learned['recall']:.1%} after {learned['steps']} steps, "
             f"{learned['seconds']:.0f} s of training",
