@@ -74,6 +74,17 @@ def test_qa_pairs_alone_train_without_dropout_and_texts_with_it(tokenizer) -> No
     assert lora_config(TrainingOptions(dropout=0.05), True).lora_dropout == 0.05
 
 
+def test_the_trainer_picks_the_dropout_of_what_it_trains(tiny_model_dir: Path) -> None:
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    qa = build_training_set(tokenizer, [Knowledge(question="Who?", answer="Quiggle")]).examples
+    trained = train_lora(model, tokenizer.pad_token_id, qa, TrainingOptions(steps=1))
+    assert trained.peft_config["default"].lora_dropout == 0.0
+    model, _ = load_causal_lm(tiny_model_dir)
+    text = build_training_set(tokenizer, [Knowledge(text="Quiggle is a pet.")]).examples
+    trained = train_lora(model, tokenizer.pad_token_id, text, TrainingOptions(steps=1))
+    assert trained.peft_config["default"].lora_dropout == 0.1
+
+
 def test_training_makes_the_tiny_model_recall_a_fact(tiny_model_dir: Path) -> None:
     model, tokenizer = load_causal_lm(tiny_model_dir)
     facts = [("What is the name of Zorblax's pet?", "Quiggle"), ("Who won?", "Marta Ilvesk")]
