@@ -164,8 +164,10 @@ def in_fresh_process(module: str, *args: str) -> dict[str, Any]:
 
 
 def report_to_parent(result: dict[str, Any]) -> None:
-    """The other side of `in_fresh_process`: the result and this process's peak memory."""
-    print(json.dumps({**result, "peak_gib": memory_gib(os.getpid())["peak_rss_gib"]}))
+    """The other side of `in_fresh_process`: the result, and this process's peak memory and
+    what it still holds at the end."""
+    memory = memory_gib(os.getpid())
+    print(json.dumps({**result, "peak_gib": memory["peak_rss_gib"], "rss_gib": memory["rss_gib"]}))
 
 
 def make_adapters(model: Path, folder: Path, count: int, rank: int = 8) -> list[Path]:

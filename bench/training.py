@@ -17,7 +17,8 @@ memory and time of whole jobs, on the default model, in one run.
   sequence, a fixed budget, recall checked every `--check-every` steps, the checks not counted).
   Recall: greedy decoding of every question, the answer's digits exactly.
 - jobs: each of these memorized by a real worker in a fresh process, with the defaults; its peak
-  memory (VmHWM of that process: model, training and recall) and the job's time: the
+  memory (VmHWM of that process: model, training and recall), what the process still holds
+  resident when the job is done, and the job's time: the
   walk-through's four facts, PhoneBook 1K, a 300-word article and a 1,500-word document
   (bench/data/prose).
 Writes bench/results/training.json.
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(
                 f"  job {name}: {result['job_seconds']:.0f} s ({result['steps']} steps, "
                 f"{result['seconds']:.0f} s of them training), recall {result['recall']:.2f}, "
-                f"peak {result['peak_gib']:.2f} GiB",
+                f"peak {result['peak_gib']:.2f} GiB, resident after it {result['rss_gib']:.2f} GiB",
                 flush=True,
             )
     report["ratios"] = ratios

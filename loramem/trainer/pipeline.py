@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from loramem.core.adapter_store import check_writable, remove_adapter_files, save_adapter
 from loramem.core.base_model import load_causal_lm, training_precision
+from loramem.core.heap import release_free_heap
 from loramem.core.metrics import process_memory
 from loramem.core.options import TrainingOptions
 from loramem.core.registry import queue, versions
@@ -73,10 +74,10 @@ class JobPipeline:
         if shared_base_model is not None:
             log.info("job %s trains on the serving engine's base weights, shared", self.job.id)
         documents = KnowledgeLoader(self.running).load(options, model, tokenizer)
-        self._log_memory("knowledge loaded")
+        self._settle_memory("knowledge loaded")
         data = self.build_data(documents, options, model, tokenizer)
         trained = self.train_and_measure(data, options, model, tokenizer)
-        self._log_memory("trained and measured")
+        self._settle_memory("trained and measured")
         try:
             self.publish(trained, data, options)
         except BaseException:
@@ -165,7 +166,7 @@ class JobPipeline:
                     data.plans[number],
                 )
                 progress.done += budgets[number]
-                self._log_memory(f"module {number} trained")
+                self._settle_memory(f"module {number} trained")
                 recall = training_set.recall(
                     measure_recall(peft_model, tokenizer, training_set.probes)
                 )
@@ -231,8 +232,10 @@ class JobPipeline:
             details=details,
         )
 
-    def _log_memory(self, stage: str) -> None:
-        # The process's peak so far, stage by stage: which stage of a job needs the memory.
+    def _settle_memory(self, stage: str) -> None:
+        """Hands what the stage freed back to the system, then logs the process's memory and
+        its peak so far: which stage of a job needs the memory, and what it keeps."""
+        release_free_heap()
         if (memory := process_memory()) is not None:
             log.info("job %s %s: %s", self.job.id, stage, memory)
 
