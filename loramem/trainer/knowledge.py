@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from sqlalchemy import select
 
 from loramem.core.options import TrainingOptions
-from loramem.core.prompting import context_block, question_ids, with_context
+from loramem.core.prompting import answer_ids, context_block, question_ids, with_context
 from loramem.core.registry import queue
 from loramem.core.registry.models import Document, GeneratedRecord
 from loramem.trainer.augmentation import (
@@ -20,6 +22,7 @@ from loramem.trainer.augmentation import (
     GeneratedItem,
     ReadBack,
     RuleBasedGenerator,
+    ScoreAnswers,
     ServedModelGenerator,
     check_items,
     generate_with_fallback,
@@ -96,13 +99,14 @@ class KnowledgeLoader:
         fallbacks: list[str] = []
         unusable: list[int] = []
         read_back = base_model_reader(model, tokenizer)
+        score_answers = base_model_scorer(model, tokenizer)
         for document in texts:
             self.running.check_stop()
             assert document.text is not None
             generation = generate_with_fallback(generator, document.text)
             if generation.fallback_reason:
                 fallbacks.append(generation.fallback_reason)
-            checked = check_items(generation.items, document.text, read_back)
+            checked = check_items(generation.items, document.text, read_back, score_answers)
             if options.recite:
                 checked += recitals(document.text, checked)
             if not any(item.kind == "qa" and item.rejected is None for item in checked):
@@ -175,6 +179,44 @@ def counting_unasked(knowledge: Knowledge) -> Knowledge:
         return knowledge
     unasked = unasked_things(knowledge.text, knowledge.generated)
     return dataclasses.replace(knowledge, unasked=len(unasked))
+
+
+def base_model_scorer(model: Any, tokenizer: Any) -> ScoreAnswers:
+    """The base model's mean log-probability of each candidate answer, asked as in
+    `base_model_reader`: the prompt is read once and its cache shared by the candidates, which
+    are scored as one batch of continuations."""
+
+    @torch.no_grad()
+    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
+        prompt = question_ids(tokenizer, with_context(context_block([passage]), question))
+        answers = [answer_ids(tokenizer, candidate) for candidate in candidates]
+        read = model(input_ids=torch.tensor([prompt], device=model.device), use_cache=True)
+        cache = read.past_key_values
+        cache.batch_repeat_interleave(len(answers))
+        width = max(map(len, answers))
+        ids = torch.full((len(answers), width), tokenizer.pad_token_id, device=model.device)
+        mask = torch.zeros((len(answers), width), dtype=torch.long, device=model.device)
+        for row, answer in enumerate(answers):
+            ids[row, : len(answer)] = torch.tensor(answer)
+            mask[row, : len(answer)] = 1
+        continued = model(
+            input_ids=ids,
+            attention_mask=torch.cat([mask.new_ones((len(answers), len(prompt))), mask], dim=1),
+            past_key_values=cache,
+            position_ids=(len(prompt) + torch.arange(width, device=model.device)).expand_as(ids),
+        )
+        # Row r's token t is predicted by the prompt's last position (t = 0) or by its own t - 1.
+        logprobs = torch.cat(
+            [
+                read.logits[:, -1:].float().expand(len(answers), -1, -1),
+                continued.logits[:, :-1].float(),
+            ],
+            dim=1,
+        ).log_softmax(-1)
+        picked = logprobs.gather(2, ids[:, :, None])[:, :, 0] * mask
+        return (picked.sum(1) / mask.sum(1)).tolist()
+
+    return score
 
 
 def base_model_reader(model: Any, tokenizer: Any) -> ReadBack:

@@ -25,6 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from loramem.core.heap import release_free_heap
 from loramem.core.options import TrainingOptions
 from loramem.trainer.batching import (
     IGNORE_INDEX,
@@ -282,6 +283,9 @@ def train_lora(
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            # Activations of varying lengths fragment glibc's heap: without this, a 1,500-word
+            # document's worker crept from 2.1 to 2.26 GiB of heap over 40 steps.
+            release_free_heap()
             if on_step is not None:
                 on_step(step, total_steps, loss)
             if stop_when_learned and all(exact.values()):

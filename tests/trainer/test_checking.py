@@ -17,7 +17,7 @@ from loramem.trainer.augmentation import (
     check_items,
     unasked_things,
 )
-from loramem.trainer.augmentation.checking import consistent
+from loramem.trainer.augmentation.checking import CHOICE_FLOOR, CHOICE_MARGIN, consistent
 from loramem.trainer.training_data import RecallProbe, TrainingSet
 from tests.trainer.test_augmentation import BAKERY
 
@@ -50,6 +50,33 @@ def test_a_question_is_kept_only_when_the_passage_answers_it() -> None:
     assert checked[1].rejected == "reading the passage, the base model answered 'I do not know.'"
     # The reader saw the item's own sentence as its passage.
     assert asked[0] == ("Kelda Looms was started in 1962 by two sisters.", started.question)
+
+
+def test_a_question_answered_wrongly_passes_when_the_reader_chooses_its_answer() -> None:
+    started = _qa("When was Kelda Looms started?", "1962", TEXT.split(". ")[0] + ".")
+    staff = _qa("How many people does Kelda Looms employ?", "forty-two", "It now employs ...")
+    river = _qa("Which river is the granary beside?", "the river Lusk", "The firm moved ...")
+    again = _qa("Beside what is the granary?", "river Lusk", "The firm moved ...")
+    _, read = _answering({})  # no free answer is right
+    scored: list[tuple[str, list[str]]] = []
+    likelihood = {
+        "When was Kelda Looms started?": [-1.5, -2.0, -3.0],  # ahead by 0.5
+        "How many people does Kelda Looms employ?": [-1.5, -1.7, -3.0],  # ahead by 0.2 only
+        "Which river is the granary beside?": [-5.0, -9.0, -9.0],  # ahead, but unlikely
+    }
+
+    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
+        scored.append((question, list(candidates)))
+        return likelihood.get(question, [0.0] * len(candidates))
+
+    checked = check_items([started, staff, river, again], TEXT, read, score)  # type: ignore[arg-type]
+    assert checked[0].rejected is None
+    assert [c.rejected for c in checked[1:]] == [
+        "reading the passage, the base model answered 'I do not know.'"
+    ] * 3
+    # The rivals are the other answers asked about, nearest first; one that shares a word is none.
+    assert scored[0] == ("When was Kelda Looms started?", ["1962", "forty-two", "the river Lusk"])
+    assert scored[2][1] == ["the river Lusk", "forty-two", "1962"]
 
 
 def test_answers_the_text_does_not_give_are_rejected_without_asking() -> None:
@@ -106,6 +133,21 @@ def test_the_default_model_reads_back_what_the_parser_asked(
         if c.rejected is not None
     )
     assert {c.answer for c in kept} & {"1994", "Owen Carrick", "Mill Street", "about 30"}
+
+
+@pytest.mark.slow
+def test_the_default_model_chooses_the_answer_its_passage_gives(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("default-model"))
+    model, tokenizer = load_causal_lm(resolve_base_model(settings), "cpu")
+    score = knowledge.base_model_scorer(model, tokenizer)
+    question = "When was Kelda Looms started?"
+    scores = score(TEXT, question, ["1962", "forty-two", "the river Lusk"])
+    assert scores[0] - max(scores[1:]) >= CHOICE_MARGIN and scores[0] >= CHOICE_FLOOR
+    # Each candidate is scored as if it were read alone after the prompt, whatever its length.
+    [alone] = score(TEXT, question, ["the river Lusk"])
+    assert alone == pytest.approx(scores[2], abs=1e-3)
 
 
 def test_what_no_kept_question_asks_about_counts_against_recall() -> None:

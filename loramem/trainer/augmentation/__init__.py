@@ -10,7 +10,7 @@ from loramem.trainer.augmentation.base import (
     Generation,
     GeneratorError,
 )
-from loramem.trainer.augmentation.checking import ReadBack, check_items
+from loramem.trainer.augmentation.checking import ReadBack, ScoreAnswers, check_items
 from loramem.trainer.augmentation.coverage import unasked_things
 from loramem.trainer.augmentation.recital import recitals
 from loramem.trainer.augmentation.rules import RuleBasedGenerator
@@ -28,6 +28,7 @@ __all__ = [
     "GeneratorError",
     "ReadBack",
     "RuleBasedGenerator",
+    "ScoreAnswers",
     "ServedModelGenerator",
     "check_items",
     "generate_with_fallback",
