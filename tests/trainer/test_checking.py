@@ -17,7 +17,12 @@ from loramem.trainer.augmentation import (
     check_items,
     unasked_things,
 )
-from loramem.trainer.augmentation.checking import CHOICE_FLOOR, CHOICE_MARGIN, consistent
+from loramem.trainer.augmentation.checking import (
+    CHOICE_FLOOR,
+    CHOICE_MARGIN,
+    MAX_RIVALS,
+    consistent,
+)
 from loramem.trainer.training_data import RecallProbe, TrainingSet
 from tests.trainer.test_augmentation import BAKERY
 
@@ -77,6 +82,22 @@ def test_a_question_answered_wrongly_passes_when_the_reader_chooses_its_answer()
     # The rivals are the other answers asked about, nearest first; one that shares a word is none.
     assert scored[0] == ("When was Kelda Looms started?", ["1962", "forty-two", "the river Lusk"])
     assert scored[2][1] == ["the river Lusk", "forty-two", "1962"]
+
+
+def test_a_long_text_pits_each_answer_against_its_nearest_rivals_only() -> None:
+    years = [str(1900 + n) for n in range(30)]
+    text = " ".join(f"Event {n} happened in {year}." for n, year in enumerate(years))
+    items = [_qa(f"When did event {n} happen?", y, f"Event {n}") for n, y in enumerate(years)]
+    _, read = _answering({})
+    scored: list[list[str]] = []
+
+    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
+        scored.append(list(candidates))
+        return [0.0] * len(candidates)
+
+    check_items(items, text, read, score)  # type: ignore[arg-type]
+    assert scored[15] == ["1915", "1914", "1916", "1913", "1917", "1912", "1918", "1911", "1919"]
+    assert all(len(candidates) == MAX_RIVALS + 1 for candidates in scored)
 
 
 def test_answers_the_text_does_not_give_are_rejected_without_asking() -> None:
