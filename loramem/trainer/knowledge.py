@@ -190,7 +190,9 @@ def base_model_scorer(model: Any, tokenizer: Any) -> ScoreAnswers:
     def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
         prompt = question_ids(tokenizer, with_context(context_block([passage]), question))
         answers = [answer_ids(tokenizer, candidate) for candidate in candidates]
-        read = model(input_ids=torch.tensor([prompt], device=model.device), use_cache=True)
+        read = model(
+            input_ids=torch.tensor([prompt], device=model.device), use_cache=True, logits_to_keep=1
+        )
         cache = read.past_key_values
         cache.batch_repeat_interleave(len(answers))
         width = max(map(len, answers))

@@ -283,8 +283,9 @@ def train_lora(
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            # Activations of varying lengths fragment glibc's heap: without this, a 1,500-word
-            # document's worker crept from 2.1 to 2.26 GiB of heap over 40 steps.
+            # Activations of varying lengths fragment glibc's heap, which keeps the freed pages:
+            # over 16 article-sized steps the process held 1.82 GiB between steps without this
+            # and 1.15 GiB with it (~11 ms a call). The peak within a step stays what it was.
             release_free_heap()
             if on_step is not None:
                 on_step(step, total_steps, loss)

@@ -14,6 +14,7 @@ from loramem.trainer import knowledge
 from loramem.trainer.augmentation import (
     GeneratedItem,
     RuleBasedGenerator,
+    ScoreAnswers,
     check_items,
     unasked_things,
 )
@@ -42,6 +43,20 @@ def _answering(replies: dict[str, str]) -> tuple[list[tuple[str, str]], object]:
     return asked, read
 
 
+def _scoring(
+    likelihood: dict[str, list[float]],
+) -> tuple[list[tuple[str, list[str]]], ScoreAnswers]:
+    """A fake scorer: the given scores by question (0 for every candidate elsewhere), and the
+    (question, candidates) it was asked, in order."""
+    scored: list[tuple[str, list[str]]] = []
+
+    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
+        scored.append((question, list(candidates)))
+        return likelihood.get(question, [0.0] * len(candidates))
+
+    return scored, score
+
+
 def _qa(question: str, answer: str, source: str) -> GeneratedItem:
     return GeneratedItem("qa", question=question, answer=answer, source=source)
 
@@ -63,17 +78,13 @@ def test_a_question_answered_wrongly_passes_when_the_reader_chooses_its_answer()
     river = _qa("Which river is the granary beside?", "the river Lusk", "The firm moved ...")
     again = _qa("Beside what is the granary?", "river Lusk", "The firm moved ...")
     _, read = _answering({})  # no free answer is right
-    scored: list[tuple[str, list[str]]] = []
-    likelihood = {
-        "When was Kelda Looms started?": [-1.5, -2.0, -3.0],  # ahead by 0.5
-        "How many people does Kelda Looms employ?": [-1.5, -1.7, -3.0],  # ahead by 0.2 only
-        "Which river is the granary beside?": [-5.0, -9.0, -9.0],  # ahead, but unlikely
-    }
-
-    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
-        scored.append((question, list(candidates)))
-        return likelihood.get(question, [0.0] * len(candidates))
-
+    scored, score = _scoring(
+        {
+            "When was Kelda Looms started?": [-1.5, -2.0, -3.0],  # ahead by 0.5
+            "How many people does Kelda Looms employ?": [-1.5, -1.7, -3.0],  # ahead by 0.2 only
+            "Which river is the granary beside?": [-5.0, -9.0, -9.0],  # ahead, but unlikely
+        }
+    )
     checked = check_items([started, staff, river, again], TEXT, read, score)  # type: ignore[arg-type]
     assert checked[0].rejected is None
     assert [c.rejected for c in checked[1:]] == [
@@ -89,15 +100,10 @@ def test_a_long_text_pits_each_answer_against_its_nearest_rivals_only() -> None:
     text = " ".join(f"Event {n} happened in {year}." for n, year in enumerate(years))
     items = [_qa(f"When did event {n} happen?", y, f"Event {n}") for n, y in enumerate(years)]
     _, read = _answering({})
-    scored: list[list[str]] = []
-
-    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
-        scored.append(list(candidates))
-        return [0.0] * len(candidates)
-
+    scored, score = _scoring({})
     check_items(items, text, read, score)  # type: ignore[arg-type]
-    assert scored[15] == ["1915", "1914", "1916", "1913", "1917", "1912", "1918", "1911", "1919"]
-    assert all(len(candidates) == MAX_RIVALS + 1 for candidates in scored)
+    assert scored[15][1] == ["1915", "1914", "1916", "1913", "1917", "1912", "1918", "1911", "1919"]
+    assert all(len(candidates) == MAX_RIVALS + 1 for _, candidates in scored)
 
 
 def test_answers_the_text_does_not_give_are_rejected_without_asking() -> None:

@@ -65,8 +65,8 @@ def consistent(expected: str, reply: str) -> bool:
     """Whether `reply` gives `expected`: all of its content words, or only some of them and
     nothing else ("30 people" for "about 30 people", "the looms" for "the original looms")."""
     first_line = reply.strip().split("\n")[0]
-    wanted = [w for w in normalized_words(expected) if w not in _STOPWORDS]
-    given = [w for w in normalized_words(first_line) if w not in _STOPWORDS]
+    wanted = _content_words(expected)
+    given = _content_words(first_line)
     if not wanted or not given:
         return False
     return all(w in given for w in wanted) or (
@@ -116,8 +116,8 @@ def _chosen(
     than each other answer of the text by the margin. Answers that share a content word with
     it ("eleven" for "eleven years") are no rivals: choosing between them says nothing."""
     own = item.answer or ""
-    words = _content_words(own)
-    rivals = [a for a in answers if not words & _content_words(a)]
+    words = set(_content_words(own))
+    rivals = [a for a in answers if not words.intersection(_content_words(a))]
     if not rivals:
         return False
     scores = score_answers(passage, item.question or "", [own, *rivals])
@@ -138,8 +138,8 @@ def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int)
     return list(distinct.values())
 
 
-def _content_words(text: str) -> set[str]:
-    return {w for w in normalized_words(text) if w not in _STOPWORDS}
+def _content_words(text: str) -> list[str]:
+    return [w for w in normalized_words(text) if w not in _STOPWORDS]
 
 
 def _reason_to_reject(item: GeneratedItem, words: str, text: str, seen: set[str]) -> str | None:
