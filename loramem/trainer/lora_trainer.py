@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,21 @@ def answer_examples(examples: Sequence[TrainingExample]) -> list[int]:
     ]
 
 
+def unambiguous(examples: Sequence[TrainingExample], answers: Sequence[int]) -> list[int]:
+    """Of these answers, those whose prompt no other one answers differently: a question stored
+    twice with two answers can never come out exact both ways, and would keep a job that stops
+    when every answer is exact from ever stopping."""
+    by_prompt: dict[tuple[int, ...], set[tuple[int, ...]]] = defaultdict(set)
+    for i in answers:
+        by_prompt[_prompt(examples[i])].add(tuple(examples[i].labels))
+    return [i for i in answers if len(by_prompt[_prompt(examples[i])]) == 1]
+
+
+def _prompt(example: TrainingExample) -> tuple[int, ...]:
+    pairs = zip(example.input_ids, example.labels, strict=True)
+    return tuple(token for token, label in pairs if label == IGNORE_INDEX)
+
+
 def only_answers(examples: Sequence[TrainingExample]) -> bool:
     """QA pairs alone, no text to learn."""
     return len(answer_examples(examples)) == len(examples)
@@ -262,7 +278,7 @@ def train_lora(
     peft_model = get_peft_model(model, config)
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    answers = answer_examples(examples)
+    answers = unambiguous(examples, answer_examples(examples))
     stop_when_learned = options.stop_when_learned and bool(answers)
     total_steps = step_budget(options, examples)
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
@@ -289,6 +305,15 @@ def train_lora(
             release_free_heap()
             if on_step is not None:
                 on_step(step, total_steps, loss)
+            if step % 10 == 0:
+                log.debug(
+                    "step %d/%d loss %.3f, answers exact %d of %d",
+                    step,
+                    total_steps,
+                    loss,
+                    sum(exact.values()),
+                    len(exact),
+                )
             if stop_when_learned and all(exact.values()):
                 if _learned(steps, answers, batch_size):
                     break

@@ -7,8 +7,6 @@ them, sharing only the registry and the adapter store.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -22,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from loramem.core.base_model import resolve_base_model
+from loramem.core.heap import release_free_heap
 from loramem.core.registry import queue
 from loramem.core.registry.db import Database
 from loramem.core.settings import Settings
@@ -108,14 +107,9 @@ class TrainerWorker:
             log.exception("job %s attempt %d failed", job.id, job.attempt)
             queue.fail(self.db, job.id, self.worker_id, readable_error(error), retry=True)
         finally:
-            _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """Gives the training copy of the model back to the OS; glibc would keep it in its arenas,
-    and in the embedded default that memory sits beside the serving engine."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+            # The training copy of the model and the job's data, freed: in the embedded default
+            # that memory would otherwise sit in glibc's arenas beside the serving engine.
+            release_free_heap()
 
 
 def start_embedded(

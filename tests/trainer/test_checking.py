@@ -121,6 +121,21 @@ def test_answers_the_text_does_not_give_are_rejected_without_asking() -> None:
     assert len(asked) == 1
 
 
+def test_a_question_the_text_answers_two_ways_is_kept_in_neither() -> None:
+    moved = _qa("What did the firm move to?", "an old granary", "The firm moved ...")
+    reworded = _qa("What did the firm move to?", "old granary", "The firm moved ...")
+    other = _qa("What did the firm move to?", "the river Lusk", "The firm moved ...")
+    asked, read = _answering({"What did the firm move to?": "an old granary"})
+    checked = check_items([moved, reworded, other], TEXT, read)  # type: ignore[arg-type]
+    two_ways = "the text answers this question in two ways: 'an old granary', 'the river Lusk'"
+    assert [c.rejected for c in checked] == [
+        two_ways,
+        "the same question was written before",
+        two_ways,
+    ]
+    assert asked == []
+
+
 def test_restatements_keep_the_facts_of_their_sentence() -> None:
     source = "It now employs forty-two people."
     kept = GeneratedItem("rewrite", text="Kelda Looms now employs forty-two people.", source=source)

@@ -10,7 +10,7 @@ from loramem.core.base_model import load_causal_lm
 from loramem.core.options import TrainingOptions
 from loramem.core.prompting import question_ids
 from loramem.trainer.augmentation import GeneratedItem
-from loramem.trainer.lora_trainer import lora_config, only_answers, train_lora
+from loramem.trainer.lora_trainer import lora_config, only_answers, train_lora, unambiguous
 from loramem.trainer.matching import recalled
 from loramem.trainer.recall import measure_recall
 from loramem.trainer.training_data import (
@@ -121,6 +121,21 @@ def test_qa_training_stops_once_every_answer_is_exact(
     )
     assert measure_recall(trained, tokenizer, data.probes) == 1.0
     assert (steps[-1] < 150) == stop_when_learned
+
+
+def test_a_question_stored_with_two_answers_does_not_keep_training_from_stopping(
+    tiny_model_dir: Path,
+) -> None:
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    facts = [("Who won?", "Marta Ilvesk"), ("Who won?", "Quiggle"), ("Whose pet?", "Zorblax's")]
+    data = build_training_set(tokenizer, [Knowledge(question=q, answer=a) for q, a in facts])
+    assert unambiguous(data.examples, range(3)) == [2]
+    steps: list[int] = []
+    options = TrainingOptions(rank=8, learning_rate=1e-2, steps=150, dropout=0.0)
+    train_lora(
+        model, tokenizer.pad_token_id, data.examples, options, lambda s, t, _: steps.append(s)
+    )
+    assert steps[-1] < 150
 
 
 def test_a_text_with_questions_stops_once_its_answers_are_exact(tiny_model_dir: Path) -> None:

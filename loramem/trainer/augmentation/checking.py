@@ -85,13 +85,14 @@ def check_items(
     words = " ".join(normalized_words(text))
     sentences = split_sentences(" ".join(text.split()))
     checked: list[GeneratedItem] = []
-    asked: list[int] = []
-    seen: set[str] = set()
+    # Each question's wording -> where it was first asked.
+    first_asked: dict[str, int] = {}
     for item in items:
-        reason = _reason_to_reject(item, words, text, seen)
-        checked.append(dataclasses.replace(item, rejected=reason))
+        reason = _reason_to_reject(item, words, text)
         if reason is None and item.kind == "qa":
-            asked.append(len(checked) - 1)
+            reason = _repeated(item, checked, first_asked, len(checked))
+        checked.append(dataclasses.replace(item, rejected=reason))
+    asked = [i for i, item in enumerate(checked) if item.kind == "qa" and item.rejected is None]
     windows = {i: _sentence_window(checked[i], sentences) for i in asked}
     replies = read_back([(windows[i], checked[i].question or "") for i in asked])
     for index, reply in zip(asked, replies, strict=True):
@@ -138,11 +139,30 @@ def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int)
     return list(distinct.values())
 
 
+def _repeated(
+    item: GeneratedItem, checked: list[GeneratedItem], first_asked: dict[str, int], index: int
+) -> str | None:
+    """Why a question asked before is not kept again. Asked with another answer, the first
+    one goes too: a question the text answers in two ways ("What does the trust keep?": "a
+    register", "a reserve") is ambiguous, and no adapter could give both answers exactly."""
+    key = " ".join(normalized_words(item.question or ""))
+    first = first_asked.setdefault(key, index)
+    if first == index:
+        return None
+    earlier = checked[first]
+    if set(_content_words(earlier.answer or "")) == set(_content_words(item.answer or "")):
+        return "the same question was written before"
+    reason = f"the text answers this question in two ways: '{earlier.answer}', '{item.answer}'"
+    if earlier.rejected is None:
+        checked[first] = dataclasses.replace(earlier, rejected=reason)
+    return reason
+
+
 def _content_words(text: str) -> list[str]:
     return [w for w in normalized_words(text) if w not in _STOPWORDS]
 
 
-def _reason_to_reject(item: GeneratedItem, words: str, text: str, seen: set[str]) -> str | None:
+def _reason_to_reject(item: GeneratedItem, words: str, text: str) -> str | None:
     if item.kind == "qa":
         question, answer = item.question or "", item.answer or ""
         if not question.strip() or not answer.strip():
@@ -151,10 +171,6 @@ def _reason_to_reject(item: GeneratedItem, words: str, text: str, seen: set[str]
             return f"the answer is longer than {MAX_ANSWER_WORDS} words: a clause, not a fact"
         if f" {' '.join(normalized_words(answer))} " not in f" {words} ":
             return "the answer is not in the text"
-        key = " ".join(normalized_words(question))
-        if key in seen:
-            return "the same question was written before"
-        seen.add(key)
         return None
     restated = item.text or ""
     if not restated.strip():
