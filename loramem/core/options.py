@@ -35,9 +35,9 @@ class TrainingOptions(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     stop_when_learned: bool = Field(
         True,
-        description="stop as soon as every answer of QA knowledge, or 95% of the questions "
-        "generated from a text, was predicted exactly at its latest step and again without "
-        "dropout (for QA alone the step budget, twice the usual by default, is an upper bound)",
+        description="stop as soon as every answer (of QA knowledge, or of the questions "
+        "generated from a text) was predicted exactly at its latest step (for QA alone the step "
+        "budget, twice the usual by default, is an upper bound)",
     )
     augment: AugmentMode = Field(
         "mix",

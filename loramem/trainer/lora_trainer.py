@@ -8,15 +8,13 @@ QA knowledge stops early once it is learned. The step's own predictions show whe
 answer token was the argmax at the example's latest visit; once that holds for all examples,
 one pass without dropout, on the weights as they now are, confirms it (that pass is greedy
 decoding's recall, teacher-forced). If it does not hold, training goes on and the evidence starts
-afresh. Further steps would only spend time. The questions generated from a text are learned
-once `TEXT_LEARNED_SHARE` of their answers are exact: a few of them never are.
+afresh. Further steps would only spend time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,11 +38,6 @@ from loramem.trainer.batching import (
 from loramem.trainer.objective import LossTerms, TeacherTargets, labelled_loss, teacher_targets
 
 log = logging.getLogger("loramem.trainer")
-
-# Of the 136 answers generated from the 1,500-word Eskerby report, 130 were exact by step 180 of
-# its 500 and never more than that to step 210, where the job, waiting for all of them, ran on;
-# the clinic history's 72, fewer and plainer, all came out exact by step 60.
-TEXT_LEARNED_SHARE = 0.95
 
 # Called after every optimizer step with (step, total_steps, loss); may raise to stop training.
 StepCallback = Callable[[int, int, float], None]
@@ -171,7 +164,7 @@ def only_answers(examples: Sequence[TrainingExample]) -> bool:
 
 def step_budget(options: TrainingOptions, examples: Sequence[TrainingExample]) -> int:
     # Only a job of answers alone is sure to stop early: its budget is an upper bound. A text
-    # with questions about it may stop early too, once its answers are learned, within the usual
+    # with questions about it may stop early too, once every answer is exact, within the usual
     # budget (the text itself is learned over the same steps).
     return options.total_steps(len(examples), options.stop_when_learned and only_answers(examples))
 
@@ -230,30 +223,19 @@ class _Steps:
         return 1 - self.real / self.padded if self.padded else 0.0
 
 
-def _learned(steps: _Steps, answers: Sequence[int], batch_size: int, required: int) -> bool:
-    """At least `required` answers exact, without dropout, on the current weights."""
+def _learned(steps: _Steps, answers: Sequence[int], batch_size: int) -> bool:
+    """Every answer exact, without dropout, on the current weights."""
     by_length = sorted(answers, key=lambda i: len(steps.examples[i].input_ids))
-    allowed_misses = len(answers) - required
     steps.model.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(by_length), batch_size):
                 indices = by_length[start : start + batch_size]
-                exact = steps.run(indices, backward=False)[1].values()
-                allowed_misses -= sum(not right for right in exact)
-                if allowed_misses < 0:
+                if not all(steps.run(indices, backward=False)[1].values()):
                     return False
         return True
     finally:
         steps.model.train()
-
-
-def answers_required(examples: Sequence[TrainingExample], answers: Sequence[int]) -> int:
-    """How many of the answers must be exact for the knowledge to count as learned: all of
-    them for QA pairs alone, `TEXT_LEARNED_SHARE` of those generated from a text."""
-    if only_answers(examples):
-        return len(answers)
-    return math.ceil(TEXT_LEARNED_SHARE * len(answers))
 
 
 def _teachers(
@@ -298,7 +280,6 @@ def train_lora(
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     answers = unambiguous(examples, answer_examples(examples))
     stop_when_learned = options.stop_when_learned and bool(answers)
-    required = answers_required(examples, answers)
     total_steps = step_budget(options, examples)
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(
@@ -333,11 +314,11 @@ def train_lora(
                     sum(exact.values()),
                     len(exact),
                 )
-            if stop_when_learned and sum(exact.values()) >= required:
-                if _learned(steps, answers, batch_size, required):
+            if stop_when_learned and all(exact.values()):
+                if _learned(steps, answers, batch_size):
                     break
                 exact = dict.fromkeys(answers, False)
-    learned = stop_when_learned and sum(exact.values()) >= required
+    learned = stop_when_learned and all(exact.values())
     log.info(
         "trained %d of %d steps on %d examples in %.1fs (%s, dropout %g, micro-batches of <= %d "
         "tokens, %d layers checkpointed, padding %.0f%%)%s",
@@ -350,9 +331,7 @@ def train_lora(
         plan.micro_batch_tokens,
         plan.checkpointed_layers,
         100 * steps.padding_share,
-        f" ({sum(exact.values())} of {len(exact)} answers exact: stopped early)"
-        if learned and step < total_steps
-        else "",
+        " (every answer exact: stopped early)" if learned and step < total_steps else "",
     )
     peft_model.eval()
     return peft_model

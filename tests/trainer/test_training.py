@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from loramem.core.base_model import load_causal_lm
 from loramem.core.options import TrainingOptions
 from loramem.core.prompting import question_ids
 from loramem.trainer.augmentation import GeneratedItem
-from loramem.trainer.lora_trainer import (
-    TEXT_LEARNED_SHARE,
-    _learned,
-    answer_examples,
-    answers_required,
-    lora_config,
-    only_answers,
-    train_lora,
-    unambiguous,
-)
+from loramem.trainer.lora_trainer import lora_config, only_answers, train_lora, unambiguous
 from loramem.trainer.matching import recalled
 from loramem.trainer.recall import measure_recall
 from loramem.trainer.training_data import (
     IGNORE_INDEX,
     Knowledge,
-    TrainingExample,
     build_training_set,
     chunk_text,
 )
@@ -163,37 +151,6 @@ def test_a_text_with_questions_stops_once_its_answers_are_exact(tiny_model_dir: 
     # The text's own sentence is never exact; its question's answer is, and that ends the job.
     assert steps[-1] < 150
     assert measure_recall(trained, tokenizer, data.trained_probes) == 1.0
-
-
-def test_a_text_counts_as_learned_with_most_of_its_answers_qa_pairs_with_all(
-    tokenizer,  # type: ignore[no-untyped-def]
-) -> None:
-    pairs = [Knowledge(question=f"What is code {n}?", answer=f"K{n}") for n in range(40)]
-    qa = build_training_set(tokenizer, pairs).examples
-    assert answers_required(qa, answer_examples(qa)) == 40
-    questions = tuple(
-        GeneratedItem("qa", question=f"What is code {n}?", answer=f"K{n}") for n in range(40)
-    )
-    text = Knowledge(text="Code 0 is K0. Code 1 is K1.", generated=questions)
-    mixed = build_training_set(tokenizer, [text], augment="qa").examples
-    answers = answer_examples(mixed)
-    assert len(answers) == 40
-    assert answers_required(mixed, answers) == math.ceil(TEXT_LEARNED_SHARE * 40) == 38
-
-
-def test_the_pass_without_dropout_allows_only_the_misses_the_share_allows() -> None:
-    class Steps:
-        """Answers 0-9 of one token each; answer 3 and answer 7 come out wrong."""
-
-        def __init__(self) -> None:
-            self.examples = [TrainingExample([1, 2], [IGNORE_INDEX, 5]) for _ in range(10)]
-            self.model = torch.nn.Linear(1, 1)
-
-        def run(self, indices: list[int], backward: bool) -> tuple[float, dict[int, bool]]:
-            return 0.0, {i: i not in (3, 7) for i in indices}
-
-    assert _learned(Steps(), range(10), 4, required=8)  # type: ignore[arg-type]
-    assert not _learned(Steps(), range(10), 4, required=9)  # type: ignore[arg-type]
 
 
 def test_texts_train_the_whole_budget(tiny_model_dir: Path) -> None:
