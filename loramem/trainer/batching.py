@@ -38,6 +38,12 @@ class TrainingExample:
         """The tokens the loss covers, in order (each predicted from the positions before it)."""
         return [label for label in self.labels[1:] if label != IGNORE_INDEX]
 
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        """The tokens the loss does not cover: for an answer, the question that asks it."""
+        pairs = zip(self.input_ids, self.labels, strict=True)
+        return tuple(token for token, label in pairs if label == IGNORE_INDEX)
+
     def teacher_example(self) -> TrainingExample:
         """The teacher's sequence, labelled at the same target tokens (they end both)."""
         assert self.teacher_ids is not None

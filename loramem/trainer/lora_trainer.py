@@ -146,15 +146,11 @@ def unambiguous(examples: Sequence[TrainingExample], answers: Sequence[int]) -> 
     """Of these answers, those whose prompt no other one answers differently: a question stored
     twice with two answers can never come out exact both ways, and would keep a job that stops
     when every answer is exact from ever stopping."""
-    by_prompt: dict[tuple[int, ...], set[tuple[int, ...]]] = defaultdict(set)
+    prompts = {i: examples[i].prompt for i in answers}
+    answers_to: dict[tuple[int, ...], set[tuple[int, ...]]] = defaultdict(set)
     for i in answers:
-        by_prompt[_prompt(examples[i])].add(tuple(examples[i].labels))
-    return [i for i in answers if len(by_prompt[_prompt(examples[i])]) == 1]
-
-
-def _prompt(example: TrainingExample) -> tuple[int, ...]:
-    pairs = zip(example.input_ids, example.labels, strict=True)
-    return tuple(token for token, label in pairs if label == IGNORE_INDEX)
+        answers_to[prompts[i]].add(tuple(examples[i].targets))
+    return [i for i in answers if len(answers_to[prompts[i]]) == 1]
 
 
 def only_answers(examples: Sequence[TrainingExample]) -> bool:

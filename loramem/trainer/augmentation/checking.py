@@ -90,7 +90,7 @@ def check_items(
     for item in items:
         reason = _reason_to_reject(item, words, text)
         if reason is None and item.kind == "qa":
-            reason = _repeated(item, checked, first_asked, len(checked))
+            reason = _repeated(item, checked, first_asked)
         checked.append(dataclasses.replace(item, rejected=reason))
     asked = [i for i, item in enumerate(checked) if item.kind == "qa" and item.rejected is None]
     windows = {i: _sentence_window(checked[i], sentences) for i in asked}
@@ -140,14 +140,14 @@ def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int)
 
 
 def _repeated(
-    item: GeneratedItem, checked: list[GeneratedItem], first_asked: dict[str, int], index: int
+    item: GeneratedItem, checked: list[GeneratedItem], first_asked: dict[str, int]
 ) -> str | None:
     """Why a question asked before is not kept again. Asked with another answer, the first
     one goes too: a question the text answers in two ways ("What does the trust keep?": "a
     register", "a reserve") is ambiguous, and no adapter could give both answers exactly."""
     key = " ".join(normalized_words(item.question or ""))
-    first = first_asked.setdefault(key, index)
-    if first == index:
+    first = first_asked.setdefault(key, len(checked))  # the item goes next into `checked`
+    if first == len(checked):
         return None
     earlier = checked[first]
     if set(_content_words(earlier.answer or "")) == set(_content_words(item.answer or "")):
