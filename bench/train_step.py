@@ -9,7 +9,8 @@ with `--text` every token is (a text chunk). Each configuration runs 4 steps; th
 of the last 3, the memory the process's VmHWM after them (the model included). The plans: the
 worker's own under the default bound, and micro-batches of one example with no, half or every
 decoder layer checkpointed, which is what the bound trades between; with LoRA dropout 0.1 (texts')
-and without (QA pairs alone).
+and without (QA pairs alone); and the worker's plan stepped in a thread of its own, as the embedded
+trainer's job is, while another thread that computed (the HF engine's) is alive and after it ended.
 Writes bench/results/train_step.json.
 """
 
@@ -35,14 +36,22 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
     "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1, TEXT_DROPOUT),
 }
 BARE = "bare PEFT step (fp32, full logits, LoRA dropout 0.1)"
+# The worker's own plan again, stepped in a thread of its own while another thread that computed
+# (as the HF engine's loop does) is still alive, or after it ended (core/compute_threads).
+IN_THREAD = {
+    "the worker's plan in a thread, beside a live thread that computed": True,
+    "the worker's plan in a thread, after that thread ended": False,
+}
 
 
 def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]:
+    import threading
+
     import torch
     from peft import get_peft_model
 
     from bench.common import model_path
-    from loramem.core.base_model import load_causal_lm
+    from loramem.core.base_model import bf16_supported, load_causal_lm
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
     from loramem.trainer.batching import TrainingExample, collate
@@ -73,7 +82,11 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             peft_model(**batch).loss.backward()
 
     else:
-        precision, tokens, share, _ = PLANS[name]
+        if name in IN_THREAD:
+            precision = "bf16" if bf16_supported("cpu") else "fp32"
+            tokens, share = None, 0.0
+        else:
+            precision, tokens, share, _ = PLANS[name]
         autocast = torch.bfloat16 if precision == "bf16" else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
@@ -89,13 +102,36 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             steps.run(list(range(rows)), backward=True)
 
     seconds = []
-    with checkpointing(peft_model, layers_checkpointed):
-        for _ in range(4):
-            started = time.perf_counter()
-            step()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            seconds.append(time.perf_counter() - started)
+
+    def four_steps() -> None:
+        with checkpointing(peft_model, layers_checkpointed):
+            for _ in range(4):
+                started = time.perf_counter()
+                step()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                seconds.append(time.perf_counter() - started)
+
+    if name in IN_THREAD:
+        done = threading.Event()
+
+        def compute_then_wait(keep_alive: bool) -> None:
+            with torch.no_grad():
+                model(torch.randint(100, 40_000, (4, 64), generator=generator))
+            if keep_alive:
+                done.wait()
+
+        other = threading.Thread(target=compute_then_wait, args=(IN_THREAD[name],))
+        other.start()
+        if not IN_THREAD[name]:
+            other.join()
+        stepping = threading.Thread(target=four_steps)
+        stepping.start()
+        stepping.join()
+        done.set()
+        other.join()
+    else:
+        four_steps()
     return {"step_seconds": min(seconds[1:]), "layers_checkpointed": layers_checkpointed}
 
 
@@ -119,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Without bf16 instructions the CPU emulates it about 30x slower than fp32: no worker picks it.
     plans = [name for name in PLANS if PLANS[name][0] == "fp32" or bf16_supported("cpu")]
     results: dict[str, Any] = {}
-    for name in [BARE, *plans]:
+    for name in [BARE, *plans, *IN_THREAD]:
         results[name] = in_fresh_process("bench.train_step", "--one", name, *shape)
         figures = results[name]
         print(
@@ -135,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios.append(
             ratio(f"peak memory {name}/bare", results[name]["peak_gib"], bare["peak_gib"])
         )
+    beside, after = (results[name]["step_seconds"] for name in IN_THREAD)
+    ratios.append(
+        ratio("step time in a thread, beside a live thread that computed/after", beside, after)
+    )
     report = {"shape": shape, "results": results, "ratios": ratios}
     save("train_step", report)
     return report

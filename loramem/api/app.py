@@ -32,6 +32,7 @@ from loramem.api.openai import router as openai
 from loramem.api.protocol import ErrorResponse
 from loramem.api.state import AppState
 from loramem.core.base_model import BaseModelError, resolve_base_model
+from loramem.core.compute_threads import ThreadPerCall
 from loramem.core.metrics import Metrics
 from loramem.core.registry.db import Database
 from loramem.core.registry.migrate import upgrade
@@ -81,6 +82,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Calls off the event loop (query embeddings, model loads) leave no compute pool behind.
+        asyncio.get_running_loop().set_default_executor(ThreadPerCall("loop-call"))
         await asyncio.to_thread(upgrade, settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         state = AppState(

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,26 @@ def load_causal_lm(path: Path, device: str = "cpu", sharing: Any = None) -> tupl
     the new model is a module tree of its own whose parameters are `sharing`'s tensors, not
     copies: a trainer beside the engine adds 0.5 GiB less for the default model. Both must
     only read them (LoRA training leaves the base weights frozen)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    with _LOADING:
+        model = _load_model(path, device, sharing)
+    model.eval()
+    return model, tokenizer
+
+
+# Loading builds the module tree on the meta device with process-wide patches: the embedded
+# trainer's first job, loading beside the starting engine, got meta tensors and failed.
+_LOADING = threading.Lock()
+
+
+def _load_model(path: Path, device: str, sharing: Any) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     model: Any
     if sharing is not None:
         with torch.device("meta"):
@@ -148,5 +163,4 @@ def load_causal_lm(path: Path, device: str = "cpu", sharing: Any = None) -> tupl
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.to(device)
-    model.eval()
-    return model, tokenizer
+    return model

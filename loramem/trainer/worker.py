@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from loramem.core.base_model import resolve_base_model
+from loramem.core.compute_threads import in_own_thread
 from loramem.core.heap import release_free_heap
 from loramem.core.registry import queue
 from loramem.core.registry.db import Database
@@ -85,7 +86,8 @@ class TrainerWorker:
         job = queue.claim(self.db, self.worker_id, self.settings.lease_seconds)
         if job is None:
             return False
-        self.process(job)
+        # A thread that ends with the job takes its compute pool along (core/compute_threads).
+        in_own_thread(f"job-{job.id[:8]}", self.process, job)
         return True
 
     def process(self, job: queue.ClaimedJob) -> None:

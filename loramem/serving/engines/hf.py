@@ -81,6 +81,7 @@ class HFEngine(Engine):
         batch_wait_seconds: float = 0.01,
         max_batch_wait_seconds: float = 0.2,
         device: str = "cpu",
+        idle_seconds: float = 1.0,
     ) -> None:
         self.model_path = model_path
         self.max_batch_size = max_batch_size
@@ -88,6 +89,9 @@ class HFEngine(Engine):
         self.batch_wait_seconds = batch_wait_seconds
         self.max_batch_wait_seconds = max_batch_wait_seconds
         self.device = device
+        # After this long without work the engine's thread ends, and its compute pool with it; the
+        # next request starts another (core/compute_threads: a live idle pool slows the trainer's).
+        self.idle_seconds = idle_seconds
         self._model: PreTrainedModel | None = None
         self._bank: LoRABank | None = None
         self._tokenizer: Any = None
@@ -133,8 +137,6 @@ class HFEngine(Engine):
         )
         self._model, self._bank = model, LoRABank(model)
         self._batch = self._new_batch()
-        self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)
-        self._thread.start()
         log.info("hf engine ready in %.1fs", time.monotonic() - started)
 
     def base_model(self) -> Any | None:
@@ -144,8 +146,9 @@ class HFEngine(Engine):
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
 
     def resident_adapters(self) -> list[str]:
         return list(self._resident)
@@ -188,10 +191,10 @@ class HFEngine(Engine):
             request_id, list(prompt_token_ids), params, adapter, asyncio.get_running_loop()
         )
         with self._wakeup:
-            if self._stopping or self._thread is None:
+            if self._stopping or self._model is None:
                 raise EngineError("engine is not running")
             self._pending.append(request)
-            self._wakeup.notify()
+            self._wake()
         self._live[request_id] = request
         finished = False
         try:
@@ -210,17 +213,29 @@ class HFEngine(Engine):
     async def _call(self, command: Callable[[], Any]) -> Any:
         future: Future[Any] = Future()
         with self._wakeup:
+            if self._stopping:
+                raise EngineError("engine is not running")
             self._commands.append((command, future))
-            self._wakeup.notify()
+            self._wake()
         return await asyncio.wrap_future(future)
+
+    def _wake(self) -> None:
+        """Called holding `_wakeup`, with new work queued: the engine's thread takes it, or a new
+        one does if the last ended idle."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)
+            self._thread.start()
+        self._wakeup.notify()
 
     # --- engine thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not (self._pending or self._commands or self._stopping or self._rows):
-                    self._wakeup.wait()
+                while self._idle():
+                    if not self._wakeup.wait(self.idle_seconds) and self._idle():
+                        self._thread = None
+                        return
                 if self._stopping:
                     break
             if self._pending and not self._rows and not self._commands:
@@ -252,6 +267,9 @@ class HFEngine(Engine):
             for _, future in self._commands:
                 future.set_exception(EngineError("engine shut down"))
             self._commands.clear()
+
+    def _idle(self) -> bool:
+        return not (self._pending or self._commands or self._stopping or self._rows)
 
     def _await_arrivals(self) -> None:
         """Lets a burst of concurrent calls start together in one prefill: waits until no request

@@ -12,7 +12,13 @@ import pytest
 from transformers import GenerationConfig
 
 from loramem.core.adapter_store import StoredAdapter
-from loramem.serving.engines import AdapterLoadError, GenerationOutput, LoRAAdapter, SamplingParams
+from loramem.serving.engines import (
+    AdapterLoadError,
+    EngineError,
+    GenerationOutput,
+    LoRAAdapter,
+    SamplingParams,
+)
 from loramem.serving.engines.hf import HFEngine
 from tests.helpers import OTHER_PROMPT, PROMPT, generate_all
 
@@ -208,3 +214,23 @@ async def test_the_logprob_of_an_answer_is_what_the_model_gives_its_tokens(
 
 async def _final(outputs: AsyncIterator[GenerationOutput]) -> GenerationOutput:
     return [output async for output in outputs][-1]
+
+
+async def test_the_engines_thread_ends_when_idle_and_a_new_request_starts_another(
+    tiny_model_dir: Path, adapters: list[LoRAAdapter]
+) -> None:
+    hf = HFEngine(tiny_model_dir, idle_seconds=0.05)
+    await hf.start()
+    try:
+        first = await generate_all(hf, PROMPT, adapters[0])
+        thread = hf._thread
+        assert thread is not None
+        await asyncio.to_thread(thread.join, 5)
+        assert not thread.is_alive() and hf._thread is None
+        again = await generate_all(hf, PROMPT, adapters[0])
+        assert again.token_ids == first.token_ids
+        assert hf.resident_adapters() == ["a1"] and hf.stats["adapter_loads"] == 1
+    finally:
+        await hf.shutdown()
+    with pytest.raises(EngineError):
+        await generate_all(hf, PROMPT)
