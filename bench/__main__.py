@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import claim_throughput, hot_swap, http_load, recall, serving, train_step, training
+from bench import (
+    claim_throughput,
+    hot_swap,
+    http_load,
+    in_server,
+    recall,
+    serving,
+    train_step,
+    training,
+)
 from bench.common import SUMMARY
 
 Run = tuple[str, Callable[[list[str]], Any], list[str]]
@@ -24,6 +33,7 @@ FULL: list[Run] = [
     ("hot swap", hot_swap.main, []),
     ("train step", train_step.main, []),
     ("training", training.main, []),
+    ("in server", in_server.main, []),
     ("claim throughput", claim_throughput.main, []),
     ("http load", http_load.main, ["--requests", "48"]),
     ("recall", recall.main, ["--loads", "1K,2K", "--ranks", "4,8,16"]),

@@ -4,7 +4,9 @@ training a LoRA on its own module tree leaves what the engine computes untouched
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,3 +59,23 @@ async def test_the_embedded_worker_trains_on_the_hf_engines_weights(
     answer = await client.post("/generate", json={"prompt": qa[0]["question"], "topic": "acme"})
     base = await client.post("/generate", json={"prompt": qa[0]["question"], "mode": "base"})
     assert "Quiggle" in answer.json()["text"] and "Quiggle" not in base.json()["text"]
+
+
+def test_models_loaded_at_once_in_two_threads_both_get_their_weights(
+    tiny_model_dir: Path,
+) -> None:
+    """The embedded trainer's first job loads beside the starting engine."""
+    loaded: list[Any] = []
+
+    def load() -> None:
+        for _ in range(4):
+            loaded.append(load_causal_lm(tiny_model_dir)[0])
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 8
+    for model in loaded:
+        assert not any(parameter.is_meta for parameter in model.parameters())
