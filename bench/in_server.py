@@ -7,8 +7,10 @@ the server's embedded worker, and by a `loramem worker` process beside a server 
 (`LORAMEM_EMBEDDED_WORKER=false`). The job is polled every second, as a client would. From its
 first training step to its last, the training process's threads are read in `/proc`: seconds a
 step, and the CPU time (user and system) of each thread that used over a second, which shows
-whether both cores trained. Prints the ratio of seconds a step, in the server against alone, and
-a few `/generate` latencies on the new version. Writes bench/results/in_server.json.
+whether both cores trained; and the whole job's time (queued to finished) and the training
+process's peak memory (VmHWM; the server's, engine included, when it trains). Prints the ratio of
+seconds a step, in the server against alone, and a few `/generate` latencies on the new version.
+Writes bench/results/in_server.json.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import argparse
 import os
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import MODEL_DIR, ratio, save
+from bench.common import MODEL_DIR, memory_gib, ratio, save
 from tests.helpers import process_env, served, spawn
 
 PROSE = Path(__file__).parent / "data" / "prose"
@@ -69,6 +72,10 @@ def _trained(client: httpx.Client, job_id: str, pid: int) -> dict[str, Any]:
         "cores": sum(t["user_s"] + t["system_s"] for t in threads) / (last[1] - first[1]),
         "threads": sorted(threads, key=lambda t: -t["user_s"]),
         "recall": job.get("recall"),
+        "job_seconds": (
+            datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])
+        ).total_seconds(),
+        "peak_gib": memory_gib(pid)["peak_rss_gib"],
     }
 
 
@@ -104,7 +111,8 @@ def run(text: str, embedded: bool, work: Path) -> dict[str, Any]:
     where = "inside the server" if embedded else "in a worker alone"
     print(
         f"  {where}: {result['steps']} steps at {result['step_seconds']:.2f} s a step, "
-        f"{result['cores']:.2f} cores, recall {result['recall']}",
+        f"{result['cores']:.2f} cores, recall {result['recall']}; "
+        f"job {result['job_seconds']:.0f} s, peak {result['peak_gib']:.2f} GiB",
         flush=True,
     )
     return result
