@@ -96,8 +96,10 @@ def run(text: str, embedded: bool, work: Path) -> dict[str, Any]:
         engine="hf",
         embedded_worker="true" if embedded else "false",
     )
-    with served(env, work / "server.log") as (url, server):
-        client = httpx.Client(base_url=url, timeout=120)
+    with (
+        served(env, work / "server.log") as (url, server),
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
         body = {"topic": "text", "text": (PROSE / f"{text}.txt").read_text()}
         job_id = client.post("/memorize", json=body).json()["job_id"]
         worker = None if embedded else spawn(["loramem.cli", "worker"], env, work / "worker.log")

@@ -51,7 +51,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from peft import get_peft_model
 
     from bench.common import model_path
-    from loramem.core.base_model import bf16_supported, load_causal_lm
+    from loramem.core.base_model import load_causal_lm, training_precision
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
     from loramem.trainer.batching import TrainingExample, collate
@@ -83,7 +83,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
 
     else:
         if name in IN_THREAD:
-            precision = "bf16" if bf16_supported("cpu") else "fp32"
+            precision = training_precision(Settings())
             tokens, share = None, 0.0
         else:
             precision, tokens, share, _ = PLANS[name]

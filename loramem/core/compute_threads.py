@@ -2,14 +2,15 @@
 
 Torch's CPU kernels run on GNU OpenMP, which gives every thread that starts a parallel region a
 pool of worker threads of its own, kept until that thread ends. Once the pools of a process hold
-more threads than there are cores, every pool's workers stop spinning between parallel regions and
-sleep on a futex instead, and each of the thousands of small regions of a training step waits for
-them to wake: on 2 cores a training step of 8 rows of 300 tokens took 15.0 s in a thread beside
-another live thread that had computed, against 9.5 s once that thread had ended, and it used 1.13
-cores instead of 1.98 (`bench.train_step`'s thread rows). In the server, the HF engine's loop,
-the embedded trainer and the threads that embed queries for routing are such threads: the clinic
-article's job trained at 4.9 s a step inside the server against 3.0 s in a worker process alone,
-and at 3.1 s inside the server once these threads ended with their work (`bench.in_server`).
+more threads than there are cores, libgomp has every pool's workers sleep on a futex between
+parallel regions instead of spinning, and each of the thousands of small regions of a training
+step waits for them to wake: on 2 cores a training step of 8 rows of 300 tokens took 15.0 s in a
+thread beside another live thread that had computed, against 9.5 s once that thread had ended
+(`bench.train_step`'s thread rows). In the server, the HF engine's loop, the embedded trainer and
+any thread of the event loop's executor that ran torch (query embeddings, model loads) are such
+threads: the clinic article's job trained at 5.09 s a step on 1.14 cores inside the server
+against 3.15 s in a worker process alone, and at 3.00 s against 2.91 s once these threads ended
+with their work (`bench.in_server`).
 
 So a thread that computes ends when its work is done (a job, an engine's busy spell, one call
 from the event loop), and its pool goes with it.
@@ -35,7 +36,6 @@ class ThreadPerCall(ThreadPoolExecutor):
 
     def __init__(self, name: str = "call") -> None:
         super().__init__(thread_name_prefix=name)
-        self._name = name
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -48,7 +48,7 @@ class ThreadPerCall(ThreadPoolExecutor):
             except BaseException as error:
                 future.set_exception(error)
 
-        threading.Thread(target=run, name=self._name, daemon=True).start()
+        threading.Thread(target=run, name=self._thread_name_prefix, daemon=True).start()
         return future
 
 

@@ -34,6 +34,11 @@ def test_a_call_in_its_own_thread_returns_its_result_and_leaves_no_thread_behind
     before = _threads()
     assert in_own_thread("work", _parallel_work) == 1.5 * (1 << 22)
     assert _settled_threads(before) == before
+    # Not merely a pool this thread already had: the call ran elsewhere, in a thread now ended.
+    ran_in = in_own_thread("work", threading.current_thread)
+    assert ran_in is not threading.current_thread()
+    ran_in.join(5)
+    assert not ran_in.is_alive()
 
 
 def test_a_call_in_its_own_thread_raises_what_it_raised() -> None:
