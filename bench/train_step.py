@@ -79,7 +79,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
 
         def step() -> None:
             batch = collate(examples, tokenizer.pad_token_id, peft_model.device)
-            peft_model(**batch).loss.backward()
+            peft_model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
 
     else:
         if name in IN_THREAD:

@@ -5,6 +5,13 @@ context-aware example beside it computes mostly padding. Each pass shuffles the 
 them by length within windows of `GROUP_WINDOW` batches and shuffles the order of the batches
 cut from them, so that every example still meets varied neighbours from pass to pass.
 
+Examples that begin with the same tokens share them: the questions asked with their passage in
+the prompt (augment "mix") repeat a passage of up to 192 tokens before each 20-token question.
+Within a batch, such examples become one row: the passage once, then each one's own tokens,
+each attending to the passage and to itself only, at the positions it has alone. The loss is the
+one the examples have apart; the row computes the passage once instead of once each. Sorting
+keeps the examples of one passage next to each other so that they meet in a batch.
+
 A batch too large for the memory bound is computed as several micro-batches whose gradients
 add up to the batch's (the loss is normalised by the whole batch's labelled tokens).
 """
@@ -12,6 +19,7 @@ add up to the batch's (the loss is normalised by the whole batch's labelled toke
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +28,9 @@ import torch
 IGNORE_INDEX = -100
 # Batches per sorting window: wide enough that lengths line up, narrow enough to keep shuffling.
 GROUP_WINDOW = 16
+# The fewest leading tokens examples must have in common to share a row: the chat template's
+# opening (about 10 tokens) is not worth a masked attention kernel instead of the fused causal one.
+MIN_SHARED_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,24 @@ class TrainingExample:
         pairs = zip(self.input_ids, self.labels, strict=True)
         return tuple(token for token, label in pairs if label == IGNORE_INDEX)
 
+    @property
+    def shareable(self) -> int:
+        """How many leading tokens this example could share with others: those before the
+        position that predicts its first label (each example predicts its own labels)."""
+        first = next(
+            (i for i in range(1, len(self.labels)) if self.labels[i] != IGNORE_INDEX),
+            len(self.labels),
+        )
+        return first - 1
+
+    @property
+    def prefix_key(self) -> tuple[int, ...] | None:
+        """The leading tokens that examples sharing a row have in common; None for one that
+        cannot share (it is labelled from its start, or its prompt is short)."""
+        if self.shareable < MIN_SHARED_TOKENS:
+            return None
+        return tuple(self.input_ids[:MIN_SHARED_TOKENS])
+
     def teacher_example(self) -> TrainingExample:
         """The teacher's sequence, labelled at the same target tokens (they end both)."""
         assert self.teacher_ids is not None
@@ -61,13 +90,12 @@ def length_grouped_batches(
     rng = random.Random(seed)
     order = list(range(len(examples)))
     window = batch_size * GROUP_WINDOW
+    lengths = _sorting_lengths(examples)
     while True:
         rng.shuffle(order)
         batches: list[list[int]] = []
         for start in range(0, len(order), window):
-            grouped = sorted(
-                order[start : start + window], key=lambda i: len(examples[i].input_ids)
-            )
+            grouped = sorted(order[start : start + window], key=lambda i: lengths[i])
             batches.extend(
                 grouped[offset : offset + batch_size]
                 for offset in range(0, len(grouped), batch_size)
@@ -76,34 +104,155 @@ def length_grouped_batches(
         yield from batches
 
 
+def _sorting_lengths(
+    examples: Sequence[TrainingExample],
+) -> list[tuple[float, tuple[int, ...], int]]:
+    """Per example, what batches sort by: the mean length of the examples that share its prefix
+    (its own where none does), that prefix, then its own length; so the examples of a prefix
+    stay together among examples of their length."""
+    keys = [example.prefix_key for example in examples]
+    members: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for example, key in zip(examples, keys, strict=True):
+        if key is not None:
+            members[key].append(len(example.input_ids))
+    return [
+        (
+            sum(members[key]) / len(members[key]) if key is not None else len(example.input_ids),
+            key or (),
+            len(example.input_ids),
+        )
+        for example, key in zip(examples, keys, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a batch: examples (by index) computed as their first `shared` tokens, which
+    they all have, followed by each one's remaining tokens."""
+
+    members: tuple[int, ...]
+    shared: int = 0
+
+    def width(self, examples: Sequence[TrainingExample]) -> int:
+        own = sum(len(examples[i].input_ids) - self.shared for i in self.members)
+        return self.shared + own
+
+
+def shared_rows(
+    indices: Sequence[int], examples: Sequence[TrainingExample], max_tokens: int
+) -> list[Row]:
+    """The batch's examples as rows: those with a common prefix together, each row no wider
+    than max_tokens unless one example alone is."""
+    by_prefix: dict[tuple[int, ...] | None, list[int]] = defaultdict(list)
+    for index in indices:
+        by_prefix[examples[index].prefix_key].append(index)
+    rows = [Row((index,)) for index in by_prefix.pop(None, [])]
+    for group in by_prefix.values():
+        row = Row((group[0],))
+        for index in group[1:]:
+            joined = Row((*row.members, index), _common_prefix(examples, row.members[0], index))
+            if len(row.members) > 1:
+                joined = Row(joined.members, min(joined.shared, row.shared))
+            if joined.width(examples) <= max_tokens:
+                row = joined
+            else:
+                rows.append(row)
+                row = Row((index,))
+        rows.append(row)
+    return rows
+
+
+def _common_prefix(examples: Sequence[TrainingExample], first: int, second: int) -> int:
+    a, b = examples[first], examples[second]
+    limit = min(a.shareable, b.shareable)
+    shared = 0
+    while shared < limit and a.input_ids[shared] == b.input_ids[shared]:
+        shared += 1
+    return shared
+
+
 def micro_batches(
     indices: Sequence[int], examples: Sequence[TrainingExample], max_tokens: int
-) -> list[list[int]]:
-    """Splits a batch (longest first) into runs whose padded size rows x width <= max_tokens;
-    an example longer than max_tokens runs alone."""
-    ordered = sorted(indices, key=lambda i: len(examples[i].input_ids), reverse=True)
-    runs: list[list[int]] = []
-    for index in ordered:
-        # A run's width is its first (longest) example's.
-        if runs and (len(runs[-1]) + 1) * len(examples[runs[-1][0]].input_ids) <= max_tokens:
-            runs[-1].append(index)
+) -> list[list[Row]]:
+    """The batch as rows (see `shared_rows`), split into runs, widest row first, whose padded
+    size rows x width <= max_tokens; a row wider than max_tokens runs alone."""
+    rows = sorted(
+        shared_rows(indices, examples, max_tokens),
+        key=lambda row: row.width(examples),
+        reverse=True,
+    )
+    runs: list[list[Row]] = []
+    for row in rows:
+        # A run's width is its first (widest) row's.
+        if runs and (len(runs[-1]) + 1) * runs[-1][0].width(examples) <= max_tokens:
+            runs[-1].append(row)
         else:
-            runs.append([index])
+            runs.append([row])
     return runs
 
 
+def members(rows: Sequence[Row]) -> list[int]:
+    """The examples of these rows, in the order that `collate` numbers them."""
+    return [index for row in rows for index in row.members]
+
+
 def collate(
-    batch: Sequence[TrainingExample], pad_id: int, device: torch.device
+    examples: Sequence[TrainingExample],
+    pad_id: int,
+    device: torch.device,
+    rows: Sequence[Row] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pads to the longest example of this batch only (a fixed length measured twice as slow)."""
-    width = max(len(example.input_ids) for example in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, example in enumerate(batch):
-        size = len(example.input_ids)
-        input_ids[row, :size] = torch.tensor(example.input_ids)
-        labels[row, :size] = torch.tensor(example.labels)
-        attention_mask[row, :size] = 1
-    tensors = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    return {name: tensor.to(device) for name, tensor in tensors.items()}
+    """The rows as tensors (by default each example its own row), padded on the right to the
+    widest row of this batch only (a fixed length measured twice as slow).
+
+    `owners` numbers each position's example in the order of `members(rows)` (-1 on padding).
+    Where a row shares a prefix, `attention_mask` is [rows, 1, width, width] (True: may attend)
+    and `position_ids` restart each example's own tokens where the prefix ends; elsewhere the
+    attention is plainly causal and `attention_mask` marks the real tokens."""
+    rows = rows if rows is not None else [Row((i,)) for i in range(len(examples))]
+    width = max(row.width(examples) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    owners = torch.full(shape, -1, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    # Per position, the part of its row it belongs to: 0 the shared prefix, k the k-th example's
+    # own tokens, -1 padding.
+    parts = torch.full(shape, -1, dtype=torch.long)
+    owner = 0
+    for r, row in enumerate(rows):
+        first = examples[row.members[0]]
+        input_ids[r, : row.shared] = torch.tensor(first.input_ids[: row.shared])
+        positions[r, : row.shared] = torch.arange(row.shared)
+        parts[r, : row.shared] = 0
+        owners[r, : row.shared] = owner
+        at = row.shared
+        for part, index in enumerate(row.members, start=1):
+            example = examples[index]
+            own = slice(at, at + len(example.input_ids) - row.shared)
+            input_ids[r, own] = torch.tensor(example.input_ids[row.shared :])
+            labels[r, own] = torch.tensor(example.labels[row.shared :])
+            positions[r, own] = torch.arange(row.shared, len(example.input_ids))
+            parts[r, own] = part
+            owners[r, own] = owner
+            owner += 1
+            at = own.stop
+    batch = {"input_ids": input_ids, "labels": labels, "owners": owners}
+    if any(len(row.members) > 1 for row in rows):
+        batch["attention_mask"] = _shared_prefix_mask(parts)
+        batch["position_ids"] = positions
+    else:
+        batch["attention_mask"] = (parts >= 0).long()
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def _shared_prefix_mask(parts: torch.Tensor) -> torch.Tensor:
+    """Causal attention within each part and to the shared prefix; a padding position attends
+    to itself alone (a position that attends to nothing would give NaN)."""
+    width = parts.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    query, key = parts[:, :, None], parts[:, None, :]
+    same = (query == key) & (query >= 0)
+    allowed = causal & (same | ((key == 0) & (query > 0)))
+    allowed |= torch.eye(width, dtype=torch.bool)
+    return allowed[:, None]

@@ -33,6 +33,7 @@ from loramem.trainer.batching import (
     TrainingExample,
     collate,
     length_grouped_batches,
+    members,
     micro_batches,
 )
 from loramem.trainer.objective import LossTerms, TeacherTargets, labelled_loss, teacher_targets
@@ -188,8 +189,11 @@ class _Steps:
         self._labelled = [
             sum(label != IGNORE_INDEX for label in example.labels[1:]) for example in examples
         ]
+        # Tokens computed, padding included; real tokens computed; the examples' own tokens,
+        # which rows that share a prefix compute fewer of.
         self.padded = 0
         self.real = 0
+        self.apart = 0
 
     def run(self, indices: Sequence[int], backward: bool) -> tuple[float, dict[int, bool]]:
         """The batch's mean token loss and, per example, whether every answer was exact."""
@@ -198,25 +202,32 @@ class _Steps:
         loss_sum = 0.0
         exact: dict[int, bool] = {}
         for run in runs:
-            batch = collate([self.examples[i] for i in run], self.pad_id, self.model.device)
+            batch = collate(self.examples, self.pad_id, self.model.device, run)
+            in_run = members(run)
             self.padded += batch["input_ids"].numel()
-            self.real += int(batch["attention_mask"].sum())
+            self.real += int((batch["owners"] >= 0).sum())
+            self.apart += sum(len(self.examples[i].input_ids) for i in in_run)
             terms = LossTerms(
                 self.terms.objective,
                 self.terms.hidden_weight,
-                [self.teachers.get(i) for i in run],
+                [self.teachers.get(i) for i in in_run],
             )
             with self.plan.computing(self.model.device):
                 result = labelled_loss(self.model, batch, terms)
             if backward:
                 (result.total / max(1, labelled)).backward()
             loss_sum += result.total.item()
-            exact.update(zip(run, result.exact_rows, strict=True))
+            exact.update(zip(in_run, result.exact, strict=True))
         return loss_sum / max(1, labelled), exact
 
     @property
     def padding_share(self) -> float:
         return 1 - self.real / self.padded if self.padded else 0.0
+
+    @property
+    def shared_share(self) -> float:
+        """The share of the examples' tokens that shared prefixes saved computing."""
+        return 1 - self.real / self.apart if self.apart else 0.0
 
 
 def _learned(steps: _Steps, answers: Sequence[int], batch_size: int) -> bool:
@@ -317,7 +328,8 @@ def train_lora(
     learned = stop_when_learned and all(exact.values())
     log.info(
         "trained %d of %d steps on %d examples in %.1fs (%s, dropout %g, micro-batches of <= %d "
-        "tokens, %d layers checkpointed, padding %.0f%%)%s",
+        "tokens, %d layers checkpointed, padding %.0f%%, %.0f%% of tokens saved by shared "
+        "prefixes)%s",
         step,
         total_steps,
         len(examples),
@@ -327,6 +339,7 @@ def train_lora(
         plan.micro_batch_tokens,
         plan.checkpointed_layers,
         100 * steps.padding_share,
+        100 * steps.shared_share,
         " (every answer exact: stopped early)" if learned and step < total_steps else "",
     )
     peft_model.eval()

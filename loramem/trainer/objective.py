@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from loramem.core.options import Objective
-from loramem.trainer.batching import IGNORE_INDEX, TrainingExample, collate, micro_batches
+from loramem.trainer.batching import (
+    IGNORE_INDEX,
+    TrainingExample,
+    collate,
+    members,
+    micro_batches,
+)
 
 HEAD_CHUNK_TOKENS = 1024
 DISTILL_TEMPERATURE = 2.0
@@ -51,7 +57,8 @@ class LossTerms:
 
     objective: Objective = "ce"
     hidden_weight: float = 0.1
-    # Per row of the batch; None for a row with no teacher (it is scored by cross-entropy).
+    # Per example, in the batch's order; None for one with no teacher (it is scored by
+    # cross-entropy).
     teachers: Sequence[TeacherTargets | None] = ()
 
 
@@ -60,8 +67,8 @@ class LabelledLoss:
     # The summed token losses (divide by the batch's labelled tokens for the mean).
     total: torch.Tensor
     labelled: int
-    # Per row: was the argmax right at every labelled position?
-    exact_rows: list[bool]
+    # Per example, in the batch's order: was the argmax right at every labelled position?
+    exact: list[bool]
 
 
 def decoder_and_head(model: Any) -> tuple[Any, Any]:
@@ -73,23 +80,27 @@ def decoder_and_head(model: Any) -> tuple[Any, Any]:
 def _labelled_hidden(
     model: Any, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-    """The last hidden states at the positions that predict a label, those labels, and the row
-    of each (row-major, so each row's positions come in order)."""
+    """The last hidden states at the positions that predict a label, those labels, and the
+    example of each (in the batch's order, so each example's positions come in order)."""
     decoder, head = decoder_and_head(model)
-    # Padding is on the right and attention causal: no real token attends to a pad, so no mask
-    # is needed, and attention takes its fused causal kernel instead of a masked one.
-    hidden = decoder(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+    if "position_ids" in batch:  # rows that share a prefix (see `batching.collate`)
+        masking = {"attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    else:
+        # Padding is on the right and attention causal: no real token attends to a pad, so no
+        # mask is needed, and attention takes its fused causal kernel instead of a masked one.
+        masking = {}
+    hidden = decoder(input_ids=batch["input_ids"], use_cache=False, **masking).last_hidden_state
     targets = batch["labels"][:, 1:]
     where = targets != IGNORE_INDEX
-    return hidden[:, :-1][where], targets[where], where.nonzero()[:, 0], head
+    return hidden[:, :-1][where], targets[where], batch["owners"][:, 1:][where], head
 
 
 def labelled_loss(
     model: Any, batch: dict[str, torch.Tensor], terms: LossTerms | None = None
 ) -> LabelledLoss:
     terms = terms or LossTerms()
-    picked, wanted, rows, head = _labelled_hidden(model, batch)
-    teacher = _aligned_teacher(terms, wanted, rows, picked.shape[-1])
+    picked, wanted, owners, head = _labelled_hidden(model, batch)
+    teacher = _aligned_teacher(terms, wanted, owners, picked.shape[-1])
     # What a position must predict to count as learned: its label, or where only the teacher
     # teaches it, the teacher's first choice (which the label may word otherwise).
     expected = wanted
@@ -97,7 +108,8 @@ def labelled_loss(
         _, distilled, top_ids, *_ = teacher
         expected = torch.where(distilled, top_ids[:, 0], wanted)
     total = picked.new_zeros((), dtype=torch.float32)
-    wrong = torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=picked.device)
+    examples = int(batch["owners"].max()) + 1
+    wrong = torch.zeros(examples, dtype=torch.long, device=picked.device)
     chunked = len(wanted) > HEAD_CHUNK_TOKENS
     for start in range(0, len(wanted), HEAD_CHUNK_TOKENS):
         part = slice(start, start + HEAD_CHUNK_TOKENS)
@@ -113,12 +125,12 @@ def labelled_loss(
         else:
             loss, predicted = _head_loss(*arguments)
         total = total + loss
-        wrong.index_add_(0, rows[part], (predicted != expected[part]).long())
+        wrong.index_add_(0, owners[part], (predicted != expected[part]).long())
     return LabelledLoss(total, len(wanted), (wrong == 0).tolist())
 
 
 def _aligned_teacher(
-    terms: LossTerms, wanted: torch.Tensor, rows: torch.Tensor, width: int
+    terms: LossTerms, wanted: torch.Tensor, owners: torch.Tensor, width: int
 ) -> tuple[torch.Tensor, ...] | None:
     """Per labelled position: the cross-entropy weight (0 or 1), whether it is distilled, and
     the teacher's targets (zeros where a position is not distilled); None when no row of the
@@ -131,10 +143,10 @@ def _aligned_teacher(
     top_ids = torch.zeros((positions, TEACHER_TOP_K), dtype=torch.long, device=device)
     top_logprobs = torch.zeros((positions, TEACHER_TOP_K), device=device)
     hidden = torch.zeros((positions, width), device=device)
-    for row, teacher in enumerate(terms.teachers):
+    for owner, teacher in enumerate(terms.teachers):
         if teacher is None:
             continue
-        at = (rows == row).nonzero()[:, 0]
+        at = (owners == owner).nonzero()[:, 0]
         if len(at) != len(teacher.top_ids):
             raise ValueError("a teacher's positions do not match its example's labels")
         distilled[at] = True
@@ -199,12 +211,12 @@ def teacher_targets(
     try:
         with torch.no_grad():
             for run in micro_batches(range(len(sequences)), sequences, micro_batch_tokens):
-                batch = collate([sequences[n] for n in run], pad_id, model.device)
-                picked, _, rows, head = _labelled_hidden(model, batch)
+                batch = collate(sequences, pad_id, model.device, run)
+                picked, _, owners, head = _labelled_hidden(model, batch)
                 logprobs = F.log_softmax(head(picked).float() / DISTILL_TEMPERATURE, dim=-1)
                 top = logprobs.topk(TEACHER_TOP_K, dim=-1)
-                for row, n in enumerate(run):
-                    at = rows == row
+                for owner, n in enumerate(members(run)):
+                    at = owners == owner
                     result[distilled[n]] = TeacherTargets(
                         top.indices[at], top.values[at], picked[at].float()
                     )

@@ -17,10 +17,13 @@ from loramem.core.options import TrainingOptions
 from loramem.core.settings import Settings
 from loramem.trainer.batching import (
     IGNORE_INDEX,
+    Row,
     TrainingExample,
     collate,
     length_grouped_batches,
+    members,
     micro_batches,
+    shared_rows,
 )
 from loramem.trainer.lora_trainer import (
     ComputePlan,
@@ -71,11 +74,63 @@ def test_length_grouped_batches_cover_every_example_each_pass_with_little_paddin
 def test_micro_batches_stay_within_the_token_budget() -> None:
     examples = _examples([10, 50, 20, 45, 12, 400])
     runs = micro_batches(range(6), examples, max_tokens=100)
-    assert sorted(i for run in runs for i in run) == list(range(6))
-    assert [5] in runs  # longer than the budget: alone
+    assert sorted(i for run in runs for i in members(run)) == list(range(6))
+    assert [Row((5,))] in runs  # longer than the budget: alone
     for run in runs:
-        width = max(len(examples[i].input_ids) for i in run)
+        width = max(row.width(examples) for row in run)
         assert len(run) == 1 or len(run) * width <= 100
+
+
+def _sharing_a_passage(
+    passages: int, questions: int, seed: int = 0, passage_tokens: int = 150
+) -> list[TrainingExample]:
+    """Per passage, questions asked with it in the prompt (as augment "mix" writes them)."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(passages):
+        passage = [rng.randrange(10, 1000) for _ in range(passage_tokens)]
+        for _ in range(questions):
+            question = [rng.randrange(10, 1000) for _ in range(rng.randint(8, 20))]
+            answer = [rng.randrange(10, 1000) for _ in range(rng.randint(2, 6))]
+            examples.append(
+                TrainingExample(
+                    passage + question + answer,
+                    [IGNORE_INDEX] * (passage_tokens + len(question)) + answer,
+                )
+            )
+    return examples
+
+
+def test_examples_that_share_a_passage_share_a_row() -> None:
+    examples = _sharing_a_passage(passages=2, questions=3)
+    examples.append(TrainingExample(list(range(40, 80)), list(range(40, 80))))  # a text's chunk
+    rows = shared_rows(range(7), examples, max_tokens=1 << 20)
+    assert sorted(rows, key=lambda row: row.members) == [
+        Row((0, 1, 2), 150),
+        Row((3, 4, 5), 150),
+        Row((6,)),
+    ]
+    # A row no wider than the budget: the passage's third question starts a row of its own.
+    budget = Row((0, 1), 150).width(examples)
+    assert shared_rows([0, 1, 2], examples, budget) == [Row((0, 1), 150), Row((2,))]
+    # The shared prefix stops where an example's first label is predicted.
+    same = TrainingExample([5] * 60, [IGNORE_INDEX] * 50 + [5] * 10)
+    assert shared_rows([0, 1], [same, same], 1 << 20) == [Row((0, 1), 49)]
+
+
+def test_a_pass_computes_each_passage_about_once_per_batch() -> None:
+    # 12 passages of 150 tokens with 6 questions each, beside 60 short QA pairs.
+    examples = _sharing_a_passage(passages=12, questions=6) + _examples([30] * 60, seed=2)
+    batches = length_grouped_batches(examples, batch_size=8, seed=0)
+    one_pass = [next(batches) for _ in range(-(-len(examples) // 8))]
+    assert sorted(i for batch in one_pass for i in batch) == list(range(len(examples)))
+    apart = sum(len(example.input_ids) for example in examples)
+    computed = sum(
+        row.width(examples) for batch in one_pass for row in shared_rows(batch, examples, 1 << 20)
+    )
+    # Apart: 72 x ~169 + 60 x 30 = 14,000 tokens; with every passage once per batch that holds
+    # its questions, about 6,000.
+    assert computed < 0.5 * apart
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +145,45 @@ def test_labelled_loss_equals_the_full_logits_loss(tiny) -> None:  # type: ignor
     examples = [*_examples([9, 17, 30], answer=4), TrainingExample(text, list(text))]
     batch = collate(examples, tokenizer.pad_token_id, model.device)
     with torch.no_grad():
-        expected = model(**batch)
+        expected = model(input_ids=batch["input_ids"], labels=batch["labels"])
         result = labelled_loss(model, batch)
     labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert result.labelled == labelled
     assert torch.allclose(result.total / labelled, expected.loss, atol=1e-5)
     targets = batch["labels"][:, 1:]
     wrong = (expected.logits[:, :-1].argmax(-1) != targets) & (targets != IGNORE_INDEX)
-    assert result.exact_rows == (~wrong.any(-1)).tolist()
+    assert result.exact == (~wrong.any(-1)).tolist()
+
+
+def test_rows_that_share_a_prefix_score_and_learn_as_the_examples_apart(tiny) -> None:  # type: ignore[no-untyped-def]
+    from loramem.trainer.lora_trainer import _Steps
+
+    model, tokenizer = tiny
+    examples = _sharing_a_passage(passages=2, questions=3, seed=5, passage_tokens=40)
+    examples += _examples([9, 17], answer=4, seed=6)
+    rows = shared_rows(range(len(examples)), examples, 1 << 20)
+    assert sorted(len(row.members) for row in rows) == [1, 1, 3, 3]
+    order = members(rows)
+    apart = collate([examples[i] for i in order], tokenizer.pad_token_id, model.device)
+    shared = collate(examples, tokenizer.pad_token_id, model.device, rows)
+    assert shared["input_ids"].numel() < apart["input_ids"].numel()
+    with torch.no_grad():
+        alone, together = labelled_loss(model, apart), labelled_loss(model, shared)
+    assert together.labelled == alone.labelled
+    assert torch.allclose(together.total, alone.total, rtol=1e-4)
+    assert together.exact == alone.exact
+    # The same gradients, from a step over the batch as rows and one over each example alone.
+    grads = []
+    for budget in (1 << 20, 1):
+        model.zero_grad(set_to_none=True)
+        steps = _Steps(model, examples, tokenizer.pad_token_id, ComputePlan(None, budget))
+        steps.run(list(range(len(examples))), backward=True)
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    model.zero_grad(set_to_none=True)
+    assert steps.shared_share == 0 and steps.real == steps.apart  # one example a row
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_micro_batched_gradients_equal_the_whole_batch(tiny) -> None:  # type: ignore[no-untyped-def]
