@@ -9,8 +9,12 @@ with `--text` every token is (a text chunk). Each configuration runs 4 steps; th
 of the last 3, the memory the process's VmHWM after them (the model included). The plans: the
 worker's own under the default bound, and micro-batches of one example with no, half or every
 decoder layer checkpointed, which is what the bound trades between; with LoRA dropout 0.1 (texts')
-and without (QA pairs alone); and the worker's plan stepped in a thread of its own, as the embedded
-trainer's job is, while another thread that computed (the HF engine's) is alive and after it ended.
+and without (QA pairs alone); the worker's plan stepped in a thread of its own, as the embedded
+trainer's job is, while another thread that computed (the HF engine's) is alive and after it ended;
+and the worker's plan on questions asked with their passage in the prompt, as augment "mix" writes
+them (a 60-word passage of `PASSAGE_TOKENS`, a 20-token question, an 8-token answer), 4 questions
+a passage against each its own passage: the same tokens, computed as rows that share the passage
+or one example a row (`SHARED`, whatever the shape flags say).
 Writes bench/results/train_step.json.
 """
 
@@ -43,6 +47,41 @@ IN_THREAD = {
     "the worker's plan in a thread, after that thread ended": False,
 }
 
+# The worker's plan on questions with their passage: name -> questions per passage.
+SHARED = {
+    "the worker's plan, each question its own passage": 1,
+    "the worker's plan, 4 questions a passage (rows share it)": 4,
+}
+PASSAGE_TOKENS, QUESTION_TOKENS, ANSWER_TOKENS = 90, 20, 8
+
+
+def _examples(rows: int, width: int, answer: int | None, sharing: int | None) -> list[Any]:
+    """Random ids: `rows` examples of `width` tokens, or with `sharing`, questions after a
+    passage that `sharing` of them have in common."""
+    import torch
+
+    from loramem.trainer.batching import IGNORE_INDEX, TrainingExample
+
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(count: int) -> list[int]:
+        return torch.randint(100, 40_000, (count,), generator=generator).tolist()
+
+    if sharing is None:
+        examples = []
+        for _ in range(rows):
+            ids = tokens(width)
+            labels = [IGNORE_INDEX] * (width - answer) + ids[-answer:] if answer else list(ids)
+            examples.append(TrainingExample(ids, labels))
+        return examples
+    passages = [tokens(PASSAGE_TOKENS) for _ in range(-(-rows // sharing))]
+    examples = []
+    for row in range(rows):
+        prompt = passages[row // sharing] + tokens(QUESTION_TOKENS)
+        ids = prompt + tokens(ANSWER_TOKENS)
+        examples.append(TrainingExample(ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt) :]))
+    return examples
+
 
 def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]:
     import threading
@@ -54,7 +93,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from loramem.core.base_model import load_causal_lm, training_precision
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
-    from loramem.trainer.batching import TrainingExample, collate
+    from loramem.trainer.batching import collate
     from loramem.trainer.lora_trainer import (
         ComputePlan,
         _Steps,
@@ -65,11 +104,8 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
 
     model, tokenizer = load_causal_lm(model_path())
     generator = torch.Generator().manual_seed(0)
-    examples = []
-    for _ in range(rows):
-        ids = torch.randint(100, 40_000, (width,), generator=generator).tolist()
-        labels = [-100] * (width - answer) + ids[-answer:] if answer else list(ids)
-        examples.append(TrainingExample(ids, labels))
+    examples = _examples(rows, width, answer, SHARED.get(name))
+    width = max(len(example.input_ids) for example in examples)
     dropout = PLANS[name][3] if name in PLANS else TEXT_DROPOUT
     peft_model = get_peft_model(model, lora_config(TrainingOptions(dropout=dropout)))
     peft_model.train()
@@ -82,7 +118,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             peft_model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
 
     else:
-        if name in IN_THREAD:
+        if name in IN_THREAD or name in SHARED:
             precision = training_precision(Settings())
             tokens, share = None, 0.0
         else:
@@ -155,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Without bf16 instructions the CPU emulates it about 30x slower than fp32: no worker picks it.
     plans = [name for name in PLANS if PLANS[name][0] == "fp32" or bf16_supported("cpu")]
     results: dict[str, Any] = {}
-    for name in [BARE, *plans, *IN_THREAD]:
+    for name in [BARE, *plans, *IN_THREAD, *SHARED]:
         results[name] = in_fresh_process("bench.train_step", "--one", name, *shape)
         figures = results[name]
         print(
@@ -175,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratios.append(
         ratio("step time in a thread, beside a live thread that computed/after", beside, after)
     )
+    apart, shared = (results[name]["step_seconds"] for name in SHARED)
+    ratios.append(ratio("step time, questions sharing their passage/apart", shared, apart))
     report = {"shape": shape, "results": results, "ratios": ratios}
     save("train_step", report)
     return report
