@@ -66,8 +66,10 @@ async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
         if engine is not None:
             with contextlib.suppress(Exception):
                 await engine.shutdown()
+        state.engine_settled.set()
         return
     state.serving = serving
+    state.engine_settled.set()
     log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
     await serving.watch(state.settings.version_poll_seconds, state.changes)
 
@@ -101,9 +103,10 @@ def create_app(
                 db,
                 metrics_registry.training_step.observe,
                 state.changes.notify,
-                # The HF engine's base weights, once it has started: the trainer reads them
-                # instead of holding a second copy.
+                # The HF engine's base weights: the trainer reads them instead of holding a
+                # second copy.
                 lambda: state.serving.engine.base_model() if state.serving is not None else None,
+                state.engine_settled,
             )
         state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         try:

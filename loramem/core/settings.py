@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0)
     job_poll_seconds: float = Field(1.0, gt=0)
     max_job_attempts: int = Field(3, ge=1)
+    # A failed attempt's retry waits this long, twice as long after each further attempt.
+    job_retry_delay_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     # A version whose recall falls below this is stored but not activated.
     min_recall: float = Field(0.0, ge=0.0, le=1.0)
     # Module capacity: tokens of knowledge a rank-r module holds (tokens_per_rank x r, at most

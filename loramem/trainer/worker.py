@@ -48,6 +48,7 @@ class TrainerWorker:
         observe_step: Callable[[float], None] | None = None,
         on_published: Callable[[], None] | None = None,
         shared_base_model: Callable[[], Any] | None = None,
+        ready: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -57,6 +58,8 @@ class TrainerWorker:
         # The base model already in memory (the serving engine's, in the embedded default),
         # or None: jobs train on its weights instead of a copy of their own.
         self.shared_base_model = shared_base_model
+        # Claims no job before this is set (the embedded worker waits for its engine).
+        self.ready = ready
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._base_model_path: Path | None = None
         self._stop = threading.Event()
@@ -66,6 +69,9 @@ class TrainerWorker:
         self._stop = stop
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
+            if self.ready is not None and not self.ready.is_set():
+                stop.wait(self.settings.job_poll_seconds)
+                continue
             try:
                 if not self.run_once():
                     stop.wait(self.settings.job_poll_seconds)
@@ -107,7 +113,14 @@ class TrainerWorker:
             queue.fail(self.db, job.id, self.worker_id, str(error), retry=False)
         except Exception as error:
             log.exception("job %s attempt %d failed", job.id, job.attempt)
-            queue.fail(self.db, job.id, self.worker_id, readable_error(error), retry=True)
+            queue.fail(
+                self.db,
+                job.id,
+                self.worker_id,
+                readable_error(error),
+                retry=True,
+                retry_delay_seconds=self.settings.job_retry_delay_seconds,
+            )
         finally:
             # The training copy of the model and the job's data, freed: in the embedded default
             # that memory would otherwise sit in glibc's arenas beside the serving engine.
@@ -120,6 +133,7 @@ def start_embedded(
     observe_step: Callable[[float], None] | None = None,
     on_published: Callable[[], None] | None = None,
     shared_base_model: Callable[[], Any] | None = None,
+    ready: threading.Event | None = None,
 ) -> tuple[threading.Thread, threading.Event]:
     """The worker of the embedded default: a thread of the server process."""
     stop = threading.Event()
@@ -129,6 +143,7 @@ def start_embedded(
         observe_step=observe_step,
         on_published=on_published,
         shared_base_model=shared_base_model,
+        ready=ready,
     )
     thread = threading.Thread(target=worker.run, args=(stop,), name="trainer", daemon=True)
     thread.start()

@@ -128,3 +128,21 @@ def _wait(predicate: Callable[[], bool], timeout: float = 60) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_worker_that_waits_for_its_engine_claims_nothing_before_it_is_ready(
+    settings: Settings,
+) -> None:
+    settings = settings.model_copy(update={"job_poll_seconds": 0.05})
+    db, job_id = _setup(settings, steps=2)
+    ready, stop = threading.Event(), threading.Event()
+    worker = TrainerWorker(settings, db, ready=ready)
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    time.sleep(0.5)
+    assert _job(db, job_id).status == "queued" and _job(db, job_id).attempts == 0
+    ready.set()
+    assert _wait(lambda: _job(db, job_id).status == "succeeded")
+    stop.set()
+    thread.join(timeout=60)
+    db.dispose()

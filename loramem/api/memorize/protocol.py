@@ -82,6 +82,8 @@ class JobResponse(BaseModel):
     activated: bool | None
     attempts: int
     error: str | None
+    # When a failed attempt's retry may start (queued until then).
+    retry_at: datetime | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -43,6 +43,7 @@ def job_response(job: Job, topic: str) -> JobResponse:
         activated=job.activated,
         attempts=job.attempts,
         error=job.error,
+        retry_at=job.retry_at,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

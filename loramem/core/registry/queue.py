@@ -72,12 +72,13 @@ def enqueue(
 
 
 def _claimable(now: datetime) -> Any:
+    waiting = and_(Job.status == JobStatus.QUEUED, or_(Job.retry_at.is_(None), Job.retry_at <= now))
     expired = and_(
         Job.status == JobStatus.RUNNING,
         Job.lease_expires_at < now,
         Job.attempts < Job.max_attempts,
     )
-    return or_(Job.status == JobStatus.QUEUED, expired)
+    return or_(waiting, expired)
 
 
 def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
@@ -105,6 +106,7 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedJob | No
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             heartbeat_at=now,
             attempts=Job.attempts + 1,
+            retry_at=None,
             started_at=func.coalesce(Job.started_at, now),
             error=None,
         )
@@ -197,8 +199,19 @@ def store_generated(
         record_event(session, job_id, "augmented", **event)
 
 
-def fail(db: Database, job_id: str, worker_id: str, error: str, *, retry: bool) -> None:
-    """Gives the job back (to be retried while attempts remain) or ends it failed."""
+def fail(
+    db: Database,
+    job_id: str,
+    worker_id: str,
+    error: str,
+    *,
+    retry: bool,
+    retry_delay_seconds: float = 0.0,
+) -> None:
+    """Gives the job back, to be retried while attempts remain, or ends it failed. A retry waits
+    `retry_delay_seconds`, doubled for each attempt already made: what failed at once (a model
+    still loading, a database restarting, memory taken by another job) has time to pass instead
+    of failing every attempt within a second."""
     now = utcnow()
     with db.session() as session:
         job = session.scalars(select(Job).where(fenced(job_id, worker_id))).one_or_none()
@@ -208,9 +221,19 @@ def fail(db: Database, job_id: str, worker_id: str, error: str, *, retry: bool) 
         job.locked_by = None
         job.lease_expires_at = None
         if retry and job.attempts < job.max_attempts:
+            delay = retry_delay_seconds * 2 ** (job.attempts - 1)
             job.status = JobStatus.QUEUED
-            record_event(session, job_id, "released", error=error, attempt=job.attempts)
-            log.info("job %s released for retry attempt=%d: %s", job_id, job.attempts, error)
+            job.retry_at = now + timedelta(seconds=delay)
+            record_event(
+                session, job_id, "released", error=error, attempt=job.attempts, retry_in=delay
+            )
+            log.info(
+                "job %s released for retry in %.0fs attempt=%d: %s",
+                job_id,
+                delay,
+                job.attempts,
+                error,
+            )
         else:
             job.status = JobStatus.FAILED
             job.finished_at = now

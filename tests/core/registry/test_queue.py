@@ -148,6 +148,31 @@ def test_failures_retry_then_fail_with_the_last_error(db: Database) -> None:
     assert queue.claim(db, "w", lease_seconds=30) is None
 
 
+def test_a_failed_attempt_is_retried_after_a_delay_that_doubles(db: Database) -> None:
+    job_id = _enqueue(db, max_attempts=3)
+    waits = []
+    for attempt in (1, 2):
+        assert queue.claim(db, "w", lease_seconds=30) is not None
+        before = utcnow()
+        queue.fail(db, job_id, "w", f"boom {attempt}", retry=True, retry_delay_seconds=60)
+        job = _job(db, job_id)
+        assert job.status == "queued" and job.retry_at is not None
+        waits.append((job.retry_at - before).total_seconds())
+        assert queue.claim(db, "eager", lease_seconds=30) is None  # not before its time
+        with db.session() as session:  # its time comes
+            session.execute(
+                update(Job).where(Job.id == job_id).values(retry_at=utcnow() - timedelta(seconds=1))
+            )
+    assert waits[0] == pytest.approx(60, abs=5) and waits[1] == pytest.approx(120, abs=5)
+    again = queue.claim(db, "w", lease_seconds=30)
+    assert again is not None and again.attempt == 3 and _job(db, job_id).retry_at is None
+    with db.session() as session:
+        released = session.scalars(
+            select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.kind == "released")
+        ).all()
+    assert [event["retry_in"] for event in released] == [60, 120]
+
+
 def test_lease_expiring_on_the_last_attempt_fails_the_job(db: Database) -> None:
     job_id = _enqueue(db, max_attempts=1)
     queue.claim(db, "dead", lease_seconds=30)
