@@ -6,7 +6,8 @@ them by length within windows of `GROUP_WINDOW` batches and shuffles the order o
 cut from them, so that every example still meets varied neighbours from pass to pass.
 
 Examples that begin with the same tokens share them: the questions asked with their passage in
-the prompt (augment "mix") repeat a passage of up to 192 tokens before each 20-token question.
+the prompt (augment "mix") repeat a passage of about 60 words (90 tokens) before each 20-token
+question.
 Within a batch, such examples become one row: the passage once, then each one's own tokens,
 each attending to the passage and to itself only, at the positions it has alone. The loss is the
 one the examples have apart; the row computes the passage once instead of once each. Sorting
