@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import (
     claim_throughput,
+    compose_latency,
     hot_swap,
     http_load,
     in_server,
@@ -34,6 +35,7 @@ FULL: list[Run] = [
     ("train step", train_step.main, []),
     ("training", training.main, []),
     ("in server", in_server.main, []),
+    ("compose latency", compose_latency.main, []),
     ("claim throughput", claim_throughput.main, []),
     ("http load", http_load.main, ["--requests", "48"]),
     ("recall", recall.main, ["--loads", "1K,2K", "--ranks", "4,8,16"]),
