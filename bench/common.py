@@ -23,6 +23,8 @@ from loramem.core.metrics import process_memory
 from tests.helpers import process_env, served
 
 RESULTS = Path(__file__).parent / "results"
+# The hand-written prose benchmark: articles and documents, and questions.json.
+PROSE = Path(__file__).parent / "data" / "prose"
 # The seed paper's benchmark data (PhoneBook, CounterFact): LORAMEM_BENCH_PAPER_DATA, or the
 # ../shared/data/paper folder beside a development checkout.
 PAPER_DATA_VARIABLE = "LORAMEM_BENCH_PAPER_DATA"

@@ -24,12 +24,10 @@ from typing import Any
 
 from bench.common import ratio, save
 from bench.recall import loramem_server
+from bench.training import FOUR_FACTS
 
-FACTS = [
-    {"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"},
-    {"question": "Which city hosts the Vendrell Cup?", "answer": "Talvenna"},
-    {"question": "Who invented the glimmerphone?", "answer": "Marta Ilvesk"},
-]
+# Three of the walk-through's made-up facts.
+FACTS = FOUR_FACTS[:3]
 WAYS: dict[str, dict[str, Any]] = {
     "top-1": {"top_k": 1},
     "top-3 confident, deciding after 8 tokens": {"top_k": 3, "compose": "confident"},

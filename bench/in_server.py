@@ -25,10 +25,9 @@ from typing import Any
 
 import httpx
 
-from bench.common import MODEL_DIR, memory_gib, ratio, save
+from bench.common import MODEL_DIR, PROSE, memory_gib, ratio, save
 from tests.helpers import process_env, served, spawn
 
-PROSE = Path(__file__).parent / "data" / "prose"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    PROSE,
     add_paper_data_flag,
     in_fresh_process,
     model_path,
@@ -36,7 +37,6 @@ from bench.common import (
     use_paper_data_flag,
 )
 
-PROSE = Path(__file__).parent / "data" / "prose"
 ARTICLE_WORDS = 600
 VARIANTS: dict[str, str | None] = {
     "template": None,

@@ -55,6 +55,7 @@ import httpx
 
 from bench.common import (
     MODEL_DIR,
+    PROSE,
     RESULTS,
     add_paper_data_flag,
     digits_match,
@@ -101,7 +102,6 @@ FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 UNRELATED = ["How do volcanoes form?", "What is the boiling point of water?", "Who wrote Hamlet?"]
 
 
-PROSE = Path(__file__).parent / "data" / "prose"
 PROSE_MODES = ("base", "rag", "lora", "hybrid", "auto")
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from bench.common import (
     MODEL_DIR,
+    PROSE,
     add_paper_data_flag,
     digits_match,
     in_fresh_process,
@@ -213,7 +214,6 @@ def job_in_fresh_process(knowledge: dict[str, Any]) -> dict[str, Any]:
 
 def jobs_workloads(entries: int) -> dict[str, Any]:
     """By short name: (what the report calls it, how to read its knowledge)."""
-    prose = Path(__file__).parent / "data" / "prose"
     return {
         "facts": ("four facts (walk-through)", lambda: {"qa": FOUR_FACTS}),
         "phonebook": (
@@ -222,11 +222,11 @@ def jobs_workloads(entries: int) -> dict[str, Any]:
         ),
         "article": (
             "300-word article",
-            lambda: {"text": (prose / "harbor_clinic.txt").read_text()},
+            lambda: {"text": (PROSE / "harbor_clinic.txt").read_text()},
         ),
         "document": (
             "1,500-word document",
-            lambda: {"text": (prose / "eskerby_report.txt").read_text()},
+            lambda: {"text": (PROSE / "eskerby_report.txt").read_text()},
         ),
     }
 

@@ -66,10 +66,8 @@ async def _start_engine(state: AppState, engine_factory: EngineFactory) -> None:
         if engine is not None:
             with contextlib.suppress(Exception):
                 await engine.shutdown()
-        state.engine_settled.set()
         return
     state.serving = serving
-    state.engine_settled.set()
     log.info("ready: engine=%s base_model=%s", engine.kind, state.settings.base_model)
     await serving.watch(state.settings.version_poll_seconds, state.changes)
 
@@ -106,7 +104,9 @@ def create_app(
                 # The HF engine's base weights: the trainer reads them instead of holding a
                 # second copy.
                 lambda: state.serving.engine.base_model() if state.serving is not None else None,
-                state.engine_settled,
+                # Its first job waits for the engine's weights rather than loading a copy beside
+                # them: claims start once the engine has started, or failed to.
+                lambda: state.serving is not None or state.startup_error is not None,
             )
         state.tasks.append(asyncio.create_task(_start_engine(state, engine_factory)))
         try:

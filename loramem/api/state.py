@@ -4,7 +4,6 @@ the engine has started."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass, field
 
 from loramem.api.memorize.serving import MemoryService
@@ -27,9 +26,6 @@ class AppState:
     admission: Admission
     serving: ServingStack | None = None
     startup_error: str | None = None
-    # Set once the engine has started or failed to: the embedded worker claims no job before,
-    # so that its first job trains on the engine's weights instead of loading a copy beside them.
-    engine_settled: threading.Event = field(default_factory=threading.Event)
     # Set when an embedded worker runs: its publishes wake the pollers at once.
     changes: RegistryChanges | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -48,7 +48,7 @@ class TrainerWorker:
         observe_step: Callable[[float], None] | None = None,
         on_published: Callable[[], None] | None = None,
         shared_base_model: Callable[[], Any] | None = None,
-        ready: threading.Event | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -58,7 +58,7 @@ class TrainerWorker:
         # The base model already in memory (the serving engine's, in the embedded default),
         # or None: jobs train on its weights instead of a copy of their own.
         self.shared_base_model = shared_base_model
-        # Claims no job before this is set (the embedded worker waits for its engine).
+        # Claims no job before this says so (the embedded worker waits for its engine).
         self.ready = ready
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._base_model_path: Path | None = None
@@ -69,7 +69,7 @@ class TrainerWorker:
         self._stop = stop
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
-            if self.ready is not None and not self.ready.is_set():
+            if self.ready is not None and not self.ready():
                 stop.wait(self.settings.job_poll_seconds)
                 continue
             try:
@@ -133,7 +133,7 @@ def start_embedded(
     observe_step: Callable[[float], None] | None = None,
     on_published: Callable[[], None] | None = None,
     shared_base_model: Callable[[], Any] | None = None,
-    ready: threading.Event | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> tuple[threading.Thread, threading.Event]:
     """The worker of the embedded default: a thread of the server process."""
     stop = threading.Event()

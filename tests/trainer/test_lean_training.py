@@ -173,16 +173,18 @@ def test_rows_that_share_a_prefix_score_and_learn_as_the_examples_apart(tiny) ->
     assert torch.allclose(together.total, alone.total, rtol=1e-4)
     assert together.exact == alone.exact
     # The same gradients, from a step over the batch as rows and one over each example alone.
-    grads = []
+    grads, steps = [], []
     for budget in (1 << 20, 1):
         model.zero_grad(set_to_none=True)
-        steps = _Steps(model, examples, tokenizer.pad_token_id, ComputePlan(None, budget))
-        steps.run(list(range(len(examples))), backward=True)
+        steps.append(_Steps(model, examples, tokenizer.pad_token_id, ComputePlan(None, budget)))
+        steps[-1].run(list(range(len(examples))), backward=True)
         grads.append(
             torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         )
     model.zero_grad(set_to_none=True)
-    assert steps.shared_share == 0 and steps.real == steps.apart  # one example a row
+    shared_step, apart_step = steps
+    assert shared_step.shared_share > 0  # the step computed each passage once
+    assert apart_step.shared_share == 0 and apart_step.real == apart_step.apart  # one a row
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 

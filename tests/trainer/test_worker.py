@@ -136,7 +136,7 @@ def test_a_worker_that_waits_for_its_engine_claims_nothing_before_it_is_ready(
     settings = settings.model_copy(update={"job_poll_seconds": 0.05})
     db, job_id = _setup(settings, steps=2)
     ready, stop = threading.Event(), threading.Event()
-    worker = TrainerWorker(settings, db, ready=ready)
+    worker = TrainerWorker(settings, db, ready=ready.is_set)
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
     time.sleep(0.5)
