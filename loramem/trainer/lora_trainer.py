@@ -93,6 +93,12 @@ def activation_bytes_per_token(config: Any, checkpointed_layers: int = 0) -> int
     return width * (kept * ACTIVATION_BYTES[False] + checkpointed_layers * ACTIVATION_BYTES[True])
 
 
+def longest_trainable(config: Any, memory_bytes: int) -> int:
+    """The most tokens one example may have to be trained within the bound: alone, with every
+    layer checkpointed."""
+    return memory_bytes // activation_bytes_per_token(config, config.num_hidden_layers)
+
+
 def plan_compute(
     config: Any, longest_example: int, memory_bytes: int, autocast: torch.dtype | None
 ) -> ComputePlan:
@@ -103,8 +109,9 @@ def plan_compute(
         if tokens >= longest_example:
             return ComputePlan(autocast, int(tokens), checkpointed)
     raise MemoryBoundError(
-        f"an example of {longest_example} tokens needs more than the training memory bound "
-        f"of {memory_bytes / 2**30:.2f} GiB"
+        f"an example of {longest_example} tokens is longer than the "
+        f"{longest_trainable(config, memory_bytes)} tokens that the training memory bound "
+        f"of {memory_bytes / 2**30:.2f} GiB allows"
     )
 
 

@@ -148,6 +148,11 @@ def build_training_set(
     return TrainingSet(examples, probes, trained_probes, unasked)
 
 
+def qa_example_tokens(tokenizer: Any, question: str, answer: str) -> int:
+    """How many tokens the example that a QA pair trains as has."""
+    return len(question_ids(tokenizer, question)) + len(answer_ids(tokenizer, answer))
+
+
 def _passage_of(item: GeneratedItem, passages: list[str]) -> str:
     """The passage that holds the sentence the item was read from (what retrieval finds for
     it); the text's first passage when the item names none."""

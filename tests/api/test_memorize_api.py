@@ -98,6 +98,29 @@ async def test_bad_input_is_refused_in_the_envelope_and_nothing_is_stored(
     assert (await client.get("/admin/jobs")).json() == {"jobs": []}
 
 
+async def test_a_qa_pair_longer_than_the_training_memory_bound_allows_is_a_413(
+    settings: Settings,
+) -> None:
+    # The tiny model, every layer checkpointed: 13 bytes a token per width of each of its 2
+    # layers (hidden 128 + MLP 256), so the bound fits examples of 200 tokens.
+    bound = {"train_memory_gb": 200 * 13 * 384 * 2 / 2**30}
+    async with running_app(settings.model_copy(update=bound)) as client:
+        await client.post("/memorize", json={"topic": "acme", "qa": QA})
+        long = {"question": "Which words?", "answer": " ".join(["word"] * 400)}
+        response = await client.post("/memorize", json={"topic": "other", "qa": [*QA, long]})
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["param"] == "qa.1"
+        assert "at most 200 tokens" in error["message"]
+        assert "LORAMEM_TRAIN_MEMORY_GB" in error["message"]
+        # Many bytes but few tokens: tokenized, and accepted.
+        repeated = {"question": "Which letters?", "answer": "a" * 600}
+        accepted = await client.post("/memorize", json={"topic": "acme", "qa": [repeated]})
+        assert accepted.status_code == 202, accepted.text
+        topics = (await client.get("/admin/topics")).json()["topics"]
+        assert [(t["name"], t["documents"]) for t in topics] == [("acme", 2)]
+
+
 async def test_invalid_json_is_a_400(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/memorize",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -13,12 +15,16 @@ from loramem.api.memorize.protocol import (
     JobEventsResponse,
     JobResponse,
     MemorizeRequest,
+    QAPair,
 )
+from loramem.core.base_model import resolve_base_model
 from loramem.core.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from loramem.core.registry import queue
 from loramem.core.registry.db import Database
 from loramem.core.registry.models import Document, DocumentKind, Job, JobEvent, Topic
 from loramem.core.settings import Settings
+from loramem.trainer.lora_trainer import longest_trainable
+from loramem.trainer.training_data import qa_example_tokens
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class MemoryService:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
+        self._trainable = _TrainableLength(settings)
 
     def memorize(self, request: MemorizeRequest, idempotency_key: str | None) -> MemorizeResult:
         self._check(request)
@@ -71,6 +78,7 @@ class MemoryService:
         for i, document in enumerate(request.documents or []):
             if len(document) > limit:
                 raise TooLarge(f"document {i} is longer than {limit} characters", param="documents")
+        self._trainable.check(request.qa or [])
         generator = request.options.generator
         if generator == "endpoint" and not self.settings.augment_endpoint_url:
             raise InvalidRequest(
@@ -169,3 +177,46 @@ class MemoryService:
                     for e in events
                 ],
             )
+
+
+class _TrainableLength:
+    """A QA pair is trained as one example, which is never split: a pair longer than the training
+    memory bound allows (LORAMEM_TRAIN_MEMORY_GB) would fail its job, so it is refused here. The
+    base model's tokenizer and config are loaded with the first pair, once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loading = threading.Lock()
+        self._limit: tuple[Any, int, int] | None = None
+
+    def check(self, pairs: list[QAPair]) -> None:
+        if not pairs:
+            return
+        tokenizer, limit, overhead = self._loaded()
+        for i, pair in enumerate(pairs):
+            # A byte-level tokenizer's token holds at least one byte of the text: a pair whose
+            # bytes fit needs no tokenizing.
+            if len(pair.question.encode()) + len(pair.answer.encode()) + overhead <= limit:
+                continue
+            tokens = qa_example_tokens(tokenizer, pair.question, pair.answer)
+            if tokens > limit:
+                raise TooLarge(
+                    f"QA pair {i} is {tokens} tokens long; training fits examples of at most "
+                    f"{limit} tokens within the training memory bound of "
+                    f"{self.settings.train_memory_gb:g} GiB (LORAMEM_TRAIN_MEMORY_GB)",
+                    param=f"qa.{i}",
+                )
+
+    def _loaded(self) -> tuple[Any, int, int]:
+        with self._loading:
+            if self._limit is None:
+                from transformers import AutoConfig, AutoTokenizer
+
+                folder = resolve_base_model(self.settings)
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+                memory_bytes = int(self.settings.train_memory_gb * 2**30)
+                limit = longest_trainable(AutoConfig.from_pretrained(folder), memory_bytes)
+                # The chat template's tokens, and a few for pieces that hold no byte of the text.
+                overhead = qa_example_tokens(tokenizer, "", "") + 8
+                self._limit = (tokenizer, limit, overhead)
+            return self._limit
