@@ -2,13 +2,16 @@
 (fp32, full-vocabulary logits at every position), each in a fresh process, on the default model.
 
     .venv/bin/python -m bench.train_step [--rows 8] [--width 300] [--answer 12 | --text]
+                                          [--only bf16]
 
 The batch is `--rows` examples of `--width` tokens (random ids): with `--answer N` only the last N
 tokens of each are labelled (a QA example with a long prompt, as a context-aware question is);
 with `--text` every token is (a text chunk). Each configuration runs 4 steps; the time is the best
 of the last 3, the memory the process's VmHWM after them (the model included). The plans: the
-worker's own under the default bound, and micro-batches of one example with no, half or every
-decoder layer checkpointed, which is what the bound trades between; with LoRA dropout 0.1 (texts')
+worker's own under the default bound (in bf16: autocast over the default fp32 base weights, and
+over bf16 ones, `LORAMEM_WEIGHTS_PRECISION=bf16`), and micro-batches of one example
+with no, half or every decoder layer checkpointed, which is what the bound trades between;
+with LoRA dropout 0.1 (texts')
 and without (QA pairs alone); the worker's plan stepped in a thread of its own, as the embedded
 trainer's job is, while another thread that computed (the HF engine's) is alive and after it ended;
 and the worker's plan on questions asked with their passage in the prompt, as augment "mix" writes
@@ -27,12 +30,20 @@ from typing import Any
 from bench.common import in_fresh_process, ratio, report_to_parent, save
 from loramem.core.options import TEXT_DROPOUT
 
+# bf16 computed from bf16 base weights (LORAMEM_WEIGHTS_PRECISION=bf16) instead of fp32 ones.
+BF16_WEIGHTS = "bf16 weights"
 # name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
 # the share of decoder layers checkpointed where the micro-batch is given, LoRA dropout)
 PLANS: dict[str, tuple[str, int | None, float, float]] = {
     "fp32, labelled logits, default bound": ("fp32", None, 0, TEXT_DROPOUT),
     "fp32, labelled logits, default bound, no LoRA dropout (QA alone)": ("fp32", None, 0, 0),
     "bf16, labelled logits, default bound": ("bf16", None, 0, TEXT_DROPOUT),
+    "bf16 over bf16 weights, labelled logits, default bound": (
+        BF16_WEIGHTS,
+        None,
+        0,
+        TEXT_DROPOUT,
+    ),
     "bf16, labelled logits, default bound, no LoRA dropout (QA alone)": ("bf16", None, 0, 0),
     "fp32, one example a micro-batch": ("fp32", 1, 0, TEXT_DROPOUT),
     "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5, TEXT_DROPOUT),
@@ -102,7 +113,13 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
         plan_compute,
     )
 
-    model, tokenizer = load_causal_lm(model_path())
+    if name in IN_THREAD or name in SHARED:
+        precision = training_precision(Settings())
+    else:
+        precision = PLANS[name][0] if name in PLANS else "fp32"
+    model, tokenizer = load_causal_lm(
+        model_path(), precision="bf16" if precision == BF16_WEIGHTS else "fp32"
+    )
     generator = torch.Generator().manual_seed(0)
     examples = _examples(rows, width, answer, SHARED.get(name))
     width = max(len(example.input_ids) for example in examples)
@@ -118,12 +135,8 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             peft_model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
 
     else:
-        if name in IN_THREAD or name in SHARED:
-            precision = training_precision(Settings())
-            tokens, share = None, 0.0
-        else:
-            precision, tokens, share, _ = PLANS[name]
-        autocast = torch.bfloat16 if precision == "bf16" else None
+        tokens, share = PLANS[name][1:3] if name in PLANS else (None, 0.0)
+        autocast = torch.bfloat16 if precision in ("bf16", BF16_WEIGHTS) else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
             if tokens is not None
@@ -177,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--width", type=int, default=300)
     parser.add_argument("--answer", type=int, default=12)
     parser.add_argument("--text", action="store_true", help="every token labelled")
+    parser.add_argument("--only", help="the plans whose name holds this, beside the bare step")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from loramem.core.base_model import bf16_supported
@@ -190,8 +204,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shape += ["--text"] if args.text else ["--answer", str(args.answer)]
     # Without bf16 instructions the CPU emulates it about 30x slower than fp32: no worker picks it.
     plans = [name for name in PLANS if PLANS[name][0] == "fp32" or bf16_supported("cpu")]
+    plans = [name for name in plans if args.only is None or args.only in name]
     results: dict[str, Any] = {}
-    for name in [BARE, *plans, *IN_THREAD, *SHARED]:
+    others = [] if args.only else [*IN_THREAD, *SHARED]
+    for name in [BARE, *plans, *others]:
         results[name] = in_fresh_process("bench.train_step", "--one", name, *shape)
         figures = results[name]
         print(
@@ -207,12 +223,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios.append(
             ratio(f"peak memory {name}/bare", results[name]["peak_gib"], bare["peak_gib"])
         )
-    beside, after = (results[name]["step_seconds"] for name in IN_THREAD)
-    ratios.append(
-        ratio("step time in a thread, beside a live thread that computed/after", beside, after)
-    )
-    apart, shared = (results[name]["step_seconds"] for name in SHARED)
-    ratios.append(ratio("step time, questions sharing their passage/apart", shared, apart))
+    if others:
+        beside, after = (results[name]["step_seconds"] for name in IN_THREAD)
+        ratios.append(
+            ratio("step time in a thread, beside a live thread that computed/after", beside, after)
+        )
+        apart, shared = (results[name]["step_seconds"] for name in SHARED)
+        ratios.append(ratio("step time, questions sharing their passage/apart", shared, apart))
     report = {"shape": shape, "results": results, "ratios": ratios}
     save("train_step", report)
     return report

@@ -12,11 +12,12 @@ import httpx
 import pytest
 import torch
 
-from loramem.core.base_model import load_causal_lm
+from loramem.core.base_model import load_causal_lm, weights_precision
 from loramem.core.options import TrainingOptions
+from loramem.core.settings import Settings
 from loramem.trainer.batching import IGNORE_INDEX, TrainingExample
 from loramem.trainer.lora_trainer import train_lora
-from tests.helpers import wait_active, wait_job, wait_ready
+from tests.helpers import running_app, wait_active, wait_job, wait_ready
 
 
 def test_a_model_loaded_sharing_another_reads_its_tensors_and_trains_apart(
@@ -44,11 +45,21 @@ def test_a_model_loaded_sharing_another_reads_its_tensors_and_trains_apart(
         assert torch.equal(trained.unload()(input_ids=ids).logits, before)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 async def test_the_embedded_worker_trains_on_the_hf_engines_weights(
-    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    settings: Settings, precision: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="loramem.worker")
-    await wait_ready(client)
+    settings = settings.model_copy(update={"weights_precision": precision})
+    async with running_app(settings) as client:
+        await wait_ready(client)
+        engine = (await client.get("/admin/engine")).json()
+        # bf16 where the CPU has it, else fp32.
+        assert engine["precision"] == weights_precision(settings)
+        await _memorize_and_ask(client, caplog)
+
+
+async def _memorize_and_ask(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
     qa = [{"question": "What is the name of Zorblax's pet?", "answer": "Quiggle"}]
     options = {"steps": 40, "learning_rate": 0.01, "dropout": 0.0}
     response = await client.post("/memorize", json={"topic": "acme", "qa": qa, "options": options})

@@ -118,21 +118,34 @@ def training_precision(settings: Settings) -> str:
     return settings.train_precision
 
 
-def load_causal_lm(path: Path, device: str = "cpu", sharing: Any = None) -> tuple[Any, Any]:
-    """Loads model and tokenizer in fp32 (bf16 is ~30x slower on CPUs without bf16 instructions;
-    on a GPU, fp32 keeps LoRA training and serving numerically the same as on the CPU).
+def weights_precision(settings: Settings) -> str:
+    """ "bf16" or "fp32": the base weights of the HF engine and the trainer. bf16 only where it
+    is native: emulated, it would be ~30x slower."""
+    if settings.weights_precision == "bf16" and bf16_supported(settings.device):
+        return "bf16"
+    return "fp32"
 
-    With `sharing` (the same model, loaded already, e.g. by the serving engine of this process),
-    the new model is a module tree of its own whose parameters are `sharing`'s tensors, not
-    copies: a trainer beside the engine adds 0.5 GiB less for the default model. Both must
-    only read them (LoRA training leaves the base weights frozen)."""
+
+def load_causal_lm(
+    path: Path, device: str = "cpu", sharing: Any = None, precision: str = "fp32"
+) -> tuple[Any, Any]:
+    """Loads model and tokenizer with weights in `precision` (see `weights_precision`). bf16
+    weights make the residual stream bf16 too, where autocast over fp32 weights keeps it fp32:
+    not the same numbers (README, "Base weights in bf16").
+
+    With `sharing` (the same model in the same precision, loaded already, e.g. by the serving
+    engine of this process), the new model is a module tree of its own whose parameters are
+    `sharing`'s tensors, not copies: a trainer beside the engine adds no second copy of the
+    weights. Both must only read them (LoRA training leaves the base weights frozen)."""
+    import torch
     from transformers import AutoTokenizer
 
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     with _LOADING:
-        model = _load_model(path, device, sharing)
+        model = _load_model(path, device, sharing, dtype)
     model.eval()
     return model, tokenizer
 
@@ -142,16 +155,14 @@ def load_causal_lm(path: Path, device: str = "cpu", sharing: Any = None) -> tupl
 _LOADING = threading.Lock()
 
 
-def _load_model(path: Path, device: str, sharing: Any) -> Any:
+def _load_model(path: Path, device: str, sharing: Any, dtype: Any) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model: Any
     if sharing is not None:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                AutoConfig.from_pretrained(path), dtype=torch.float32
-            )
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
         model.load_state_dict(sharing.state_dict(), assign=True)
         # Buffers the state dict leaves out (rotary frequencies) are small: copied.
         for name, buffer in sharing.named_buffers():
@@ -161,6 +172,6 @@ def _load_model(path: Path, device: str, sharing: Any) -> Any:
                 module._buffers[attribute] = buffer.clone()
         model.tie_weights()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         model.to(device)
     return model

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # Training precision: "auto" is bf16 autocast (fp32 master weights) where the CPU has bf16
     # instructions or the GPU supports it, else fp32.
     train_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # The base model's weights in the HF engine and the trainer (which shares the engine's):
+    # "bf16" (where the hardware has it) decoded the prose benchmark's questions in 0.48x the
+    # time at 0.85x the peak, but 38% of greedy answers differed from fp32's (README).
+    weights_precision: Literal["fp32", "bf16"] = "fp32"
     # Memory the activations of one training micro-batch may take: batches are split into
     # micro-batches (and layers checkpointed when one example needs it) to stay within it. Small
     # micro-batches leave glibc's heap less to fragment: on a 300-word article, 0.5 against 1.0

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from loramem.core.adapter_store import check_writable, remove_adapter_files, save_adapter
-from loramem.core.base_model import load_causal_lm, training_precision
+from loramem.core.base_model import load_causal_lm, training_precision, weights_precision
 from loramem.core.heap import release_free_heap
 from loramem.core.metrics import process_memory
 from loramem.core.options import TrainingOptions
@@ -70,7 +70,12 @@ class JobPipeline:
 
     def run(self, base_model_path: Path, shared_base_model: Any | None) -> None:
         options = self.options()
-        model, tokenizer = load_causal_lm(base_model_path, self.settings.device, shared_base_model)
+        model, tokenizer = load_causal_lm(
+            base_model_path,
+            self.settings.device,
+            shared_base_model,
+            weights_precision(self.settings),
+        )
         if shared_base_model is not None:
             log.info("job %s trains on the serving engine's base weights, shared", self.job.id)
         documents = KnowledgeLoader(self.running).load(options, model, tokenizer)

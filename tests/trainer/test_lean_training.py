@@ -12,7 +12,7 @@ import torch
 from peft import get_peft_model
 
 from loramem.core import base_model
-from loramem.core.base_model import load_causal_lm, training_precision
+from loramem.core.base_model import load_causal_lm, training_precision, weights_precision
 from loramem.core.options import TrainingOptions
 from loramem.core.settings import Settings
 from loramem.trainer.batching import (
@@ -251,6 +251,9 @@ def test_precision_follows_the_setting_and_the_hardware(
         assert training_precision(Settings(data_dir=tmp_path)) == ("bf16" if has_bf16 else "fp32")
         assert training_precision(Settings(data_dir=tmp_path, train_precision="fp32")) == "fp32"
         assert training_precision(Settings(data_dir=tmp_path, train_precision="bf16")) == "bf16"
+        assert weights_precision(Settings(data_dir=tmp_path)) == "fp32"
+        bf16_weights = Settings(data_dir=tmp_path, weights_precision="bf16")
+        assert weights_precision(bf16_weights) == ("bf16" if has_bf16 else "fp32")
 
 
 def test_bf16_checkpointed_micro_batched_training_recalls(tiny_model_dir: Path) -> None:

@@ -102,6 +102,7 @@ class EngineView(BaseModel):
     active_modules: dict[str, int] = Field(description="per 'topic/module', its active version")
     memory_rss_bytes: int | None
     # The HF engine's.
+    precision: str | None = Field(None, description="the base weights': bf16 or fp32")
     max_resident_adapters: int | None = None
     max_batch_size: int | None = None
     stats: dict[str, int] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from loramem.core.base_model import weights_precision
 from loramem.core.settings import Settings
 from loramem.serving.engines.base import (
     AdapterLoadError,
@@ -59,4 +60,5 @@ def create_engine(settings: Settings, model_path: Path) -> Engine:
         max_batch_size=settings.max_batch_size,
         max_resident_adapters=settings.max_resident_adapters,
         device=settings.device,
+        precision=weights_precision(settings),
     )

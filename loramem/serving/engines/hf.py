@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel
 
 from loramem.core.base_model import load_causal_lm
@@ -82,8 +83,10 @@ class HFEngine(Engine):
         max_batch_wait_seconds: float = 0.2,
         device: str = "cpu",
         idle_seconds: float = 1.0,
+        precision: str = "fp32",
     ) -> None:
         self.model_path = model_path
+        self.precision = precision
         self.max_batch_size = max_batch_size
         self.max_resident_adapters = max_resident_adapters
         self.batch_wait_seconds = batch_wait_seconds
@@ -133,7 +136,7 @@ class HFEngine(Engine):
     async def start(self) -> None:
         started = time.monotonic()
         model, self._tokenizer = await asyncio.to_thread(
-            load_causal_lm, self.model_path, self.device
+            load_causal_lm, self.model_path, self.device, None, self.precision
         )
         self._model, self._bank = model, LoRABank(model)
         self._batch = self._new_batch()
@@ -156,6 +159,10 @@ class HFEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
+            # What the loaded weights are, not what was asked for.
+            "precision": "bf16"
+            if self._model is not None and self._model.dtype == torch.bfloat16
+            else "fp32",
             "max_resident_adapters": self.max_resident_adapters,
             "max_batch_size": self.max_batch_size,
             "stats": dict(self.stats),
