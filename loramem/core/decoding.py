@@ -7,6 +7,7 @@ prompts, stops and sampling, so the recall a version is promoted with is what re
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,15 +247,25 @@ def decode_batch(
     rows: list[DecodeRow],
     *,
     select_adapters: AdapterSelector | None = None,
+    max_rows: int | None = None,
 ) -> None:
-    """Generates for every row until each stops; fills `generated`, `text`, `finish_reason`."""
+    """Generates for every row until each stops; fills `generated`, `text`, `finish_reason`.
+
+    With `max_rows`, at most that many decode at a time, and waiting rows take the places of
+    those that finished: fixed chunks would each run as long as their longest answer. They join
+    in groups of at least a quarter of `max_rows`, since each join prefills and then copies the
+    running batch's cache."""
     if not rows:
         return
+    limit = max_rows or len(rows)
     batch = RunningBatch(model, tokenizer, select_adapters)
-    batch.join(rows)
-    batch.leave()
-    while batch.rows:
-        batch.step()
+    waiting = deque(rows)
+    while waiting or batch.rows:
+        free = limit - len(batch.rows)
+        if waiting and free >= min(len(waiting), max(1, limit // 4)):
+            batch.join([waiting.popleft() for _ in range(min(free, len(waiting)))])
+        else:
+            batch.step()
         batch.leave()
 
 

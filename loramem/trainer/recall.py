@@ -13,16 +13,11 @@ from loramem.trainer.training_data import RecallProbe
 def greedy_replies(
     model: Any, tokenizer: Any, requests: Sequence[tuple[list[int], int]], batch_size: int = 16
 ) -> list[str]:
-    """What the model answers to each (prompt ids, most new tokens), greedy, as /generate would."""
-    replies: list[str] = []
-    for start in range(0, len(requests), batch_size):
-        rows = [
-            DecodeRow(prompt, SamplingParams(max_tokens=max_tokens))
-            for prompt, max_tokens in requests[start : start + batch_size]
-        ]
-        decode_batch(model, tokenizer, rows)
-        replies.extend(row.text for row in rows)
-    return replies
+    """What the model answers to each (prompt ids, most new tokens), greedy, as /generate would,
+    `batch_size` rows decoding at a time."""
+    rows = [DecodeRow(prompt, SamplingParams(max_tokens=most)) for prompt, most in requests]
+    decode_batch(model, tokenizer, rows, max_rows=batch_size)
+    return [row.text for row in rows]
 
 
 def measure_recall(
