@@ -1,6 +1,6 @@
 """A text's job trained inside the server against the same job in a worker process alone.
 
-    .venv/bin/python -m bench.in_server [--text harbor_clinic]
+    .venv/bin/python -m bench.in_server [--text harbor_clinic] [--setting train_precision=fp32]
 
 Memorizes one text of `bench/data/prose` through `loramem serve` (HF engine) twice: trained by
 the server's embedded worker, and by a `loramem worker` process beside a server without one
@@ -87,13 +87,14 @@ def _latencies(client: httpx.Client) -> list[float]:
     return seconds
 
 
-def run(text: str, embedded: bool, work: Path) -> dict[str, Any]:
+def run(text: str, embedded: bool, work: Path, settings: dict[str, str]) -> dict[str, Any]:
     work.mkdir(parents=True)
     env = process_env(
         data_dir=str(work),
         model_dir=str(MODEL_DIR),
         engine="hf",
         embedded_worker="true" if embedded else "false",
+        **settings,
     )
     with (
         served(env, work / "server.log") as (url, server),
@@ -124,12 +125,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--text", default="harbor_clinic", choices=[p.stem for p in PROSE.glob("*.txt")]
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a LORAMEM_ setting of both runs by its short name, e.g. train_precision=fp32",
+    )
     args = parser.parse_args(argv)
+    settings = dict(setting.split("=", 1) for setting in args.setting)
     with tempfile.TemporaryDirectory() as folder:
-        server = run(args.text, True, Path(folder) / "server")
-        alone = run(args.text, False, Path(folder) / "alone")
+        server = run(args.text, True, Path(folder) / "server", settings)
+        alone = run(args.text, False, Path(folder) / "alone", settings)
     report = {
         "text": args.text,
+        "settings": settings,
         "inside_the_server": server,
         "worker_alone": alone,
         "ratios": [
