@@ -17,6 +17,7 @@ from typing import Any
 from bench import (
     claim_throughput,
     compose_latency,
+    engine_precision,
     hot_swap,
     http_load,
     in_server,
@@ -36,6 +37,7 @@ FULL: list[Run] = [
     ("training", training.main, []),
     ("in server", in_server.main, []),
     ("compose latency", compose_latency.main, []),
+    ("engine precision", engine_precision.main, []),
     ("claim throughput", claim_throughput.main, []),
     ("http load", http_load.main, ["--requests", "48"]),
     ("recall", recall.main, ["--loads", "1K,2K", "--ranks", "4,8,16"]),
