@@ -8,8 +8,9 @@ The batch is `--rows` examples of `--width` tokens (random ids): with `--answer 
 tokens of each are labelled (a QA example with a long prompt, as a context-aware question is);
 with `--text` every token is (a text chunk). Each configuration runs 4 steps; the time is the best
 of the last 3, the memory the process's VmHWM after them (the model included). The plans: the
-worker's own under the default bound (in bf16: autocast over the default fp32 base weights, and
-over bf16 ones, `LORAMEM_WEIGHTS_PRECISION=bf16`), and micro-batches of one example
+worker's own under the default bound (in bf16: autocast over the default fp32 base weights cast
+once for the training, as the trainer does, or at every use, as autocast alone does, and over
+bf16 weights, `LORAMEM_WEIGHTS_PRECISION=bf16`), and micro-batches of one example
 with no, half or every decoder layer checkpointed, which is what the bound trades between;
 with LoRA dropout 0.1 (texts')
 and without (QA pairs alone); the worker's plan stepped in a thread of its own, as the embedded
@@ -32,12 +33,21 @@ from loramem.core.options import TEXT_DROPOUT
 
 # bf16 computed from bf16 base weights (LORAMEM_WEIGHTS_PRECISION=bf16) instead of fp32 ones.
 BF16_WEIGHTS = "bf16 weights"
+# bf16 autocast casting each frozen weight at every use, as the trainer did before it cast them
+# once for the whole training.
+CAST_AT_EVERY_USE = "bf16 cast at every use"
 # name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
 # the share of decoder layers checkpointed where the micro-batch is given, LoRA dropout)
 PLANS: dict[str, tuple[str, int | None, float, float]] = {
     "fp32, labelled logits, default bound": ("fp32", None, 0, TEXT_DROPOUT),
     "fp32, labelled logits, default bound, no LoRA dropout (QA alone)": ("fp32", None, 0, 0),
     "bf16, labelled logits, default bound": ("bf16", None, 0, TEXT_DROPOUT),
+    "bf16, weights cast at every use, labelled logits, default bound": (
+        CAST_AT_EVERY_USE,
+        None,
+        0,
+        TEXT_DROPOUT,
+    ),
     "bf16 over bf16 weights, labelled logits, default bound": (
         BF16_WEIGHTS,
         None,
@@ -111,6 +121,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
         checkpointing,
         lora_config,
         plan_compute,
+        weights_cast_once,
     )
 
     if name in IN_THREAD or name in SHARED:
@@ -128,6 +139,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])
     layers_checkpointed = 0
+    cast = None
     if name == BARE:
 
         def step() -> None:
@@ -136,7 +148,11 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
 
     else:
         tokens, share = PLANS[name][1:3] if name in PLANS else (None, 0.0)
-        autocast = torch.bfloat16 if precision in ("bf16", BF16_WEIGHTS) else None
+        autocast = (
+            torch.bfloat16 if precision in ("bf16", BF16_WEIGHTS, CAST_AT_EVERY_USE) else None
+        )
+        # The trainer casts the frozen weights once for the training (weights_cast_once).
+        cast = autocast if precision == "bf16" else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
             if tokens is not None
@@ -153,7 +169,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     seconds = []
 
     def four_steps() -> None:
-        with checkpointing(peft_model, layers_checkpointed):
+        with checkpointing(peft_model, layers_checkpointed), weights_cast_once(peft_model, cast):
             for _ in range(4):
                 started = time.perf_counter()
                 step()

@@ -131,6 +131,34 @@ def checkpointing(model: Any, layers: int) -> Iterator[None]:
         model.gradient_checkpointing_disable()
 
 
+@contextlib.contextmanager
+def weights_cast_once(model: Any, autocast: torch.dtype | None) -> Iterator[None]:
+    """For the block, the frozen weights of `model`'s linear layers in the autocast dtype.
+    Autocast casts a frozen weight again at every use, and keeps each cast from a micro-batch's
+    forward to its backward; cast once, the copies take that memory for the whole training and
+    no time. The numbers are the same: autocast rounds them the same way. The input embeddings
+    (tied to the head on the default model) stay as they are; the layers get their own weights
+    back after."""
+    if autocast is None:
+        yield
+        return
+    embeddings = model.get_input_embeddings().weight
+    originals: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        weight = module.weight
+        if weight.requires_grad or weight.dtype == autocast or weight is embeddings:
+            continue
+        originals.append((module, weight))
+        module.weight = torch.nn.Parameter(weight.detach().to(autocast), requires_grad=False)
+    try:
+        yield
+    finally:
+        for module, weight in originals:
+            module.weight = weight
+
+
 def lora_config(options: TrainingOptions, only_answers: bool = False) -> LoraConfig:
     return LoraConfig(
         r=options.rank,
@@ -306,7 +334,10 @@ def train_lora(
     steps = _Steps(peft_model, examples, pad_id, plan, terms, teachers)
     exact = dict.fromkeys(answers, False)
     started = time.monotonic()
-    with checkpointing(peft_model, plan.checkpointed_layers):
+    with (
+        checkpointing(peft_model, plan.checkpointed_layers),
+        weights_cast_once(peft_model, plan.autocast),
+    ):
         for step in range(1, total_steps + 1):
             loss, rows = steps.run(next(batches), backward=True)
             exact.update((index, right) for index, right in rows.items() if index in exact)

@@ -243,6 +243,39 @@ def test_checkpointing_some_layers_keeps_the_gradients(tiny) -> None:  # type: i
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+def test_frozen_weights_cast_once_give_autocasts_gradients_and_are_put_back(tiny) -> None:  # type: ignore[no-untyped-def]
+    from loramem.trainer.lora_trainer import _Steps, weights_cast_once
+
+    model, tokenizer = tiny
+    examples = _examples([12, 30, 25], answer=5, seed=5)
+    plan = ComputePlan(torch.bfloat16, 1 << 20)
+    embeddings = model.get_input_embeddings().weight
+    # The head shares the embeddings' weight (tied): it stays as it is.
+    frozen = {
+        name: module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and not module.weight.requires_grad
+        and module.weight is not embeddings
+    }
+    grads = []
+    for once in (False, True):
+        model.zero_grad(set_to_none=True)
+        with weights_cast_once(model, plan.autocast if once else None):
+            dtypes = {model.get_submodule(name).weight.dtype for name in frozen}
+            assert dtypes == ({torch.bfloat16} if once else {torch.float32})
+            _Steps(model, examples, tokenizer.pad_token_id, plan).run([0, 1, 2], backward=True)
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    model.zero_grad(set_to_none=True)
+    # Autocast rounds each weight the same way at every use: the same gradients.
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    assert all(model.get_submodule(name).weight is weight for name, weight in frozen.items())
+    assert model.get_input_embeddings().weight is embeddings
+    assert embeddings.dtype == torch.float32
+
+
 def test_precision_follows_the_setting_and_the_hardware(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
