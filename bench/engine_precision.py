@@ -71,32 +71,32 @@ async def _answers(precision: str, tokens: int, adapters: int, folder: Path) -> 
         for question, text in _prompts()
     ]
     params = SamplingParams(max_tokens=tokens)
+
+    async def answer(request_id: str, prompt: list[int], adapter: Any) -> list[int]:
+        tokens: list[int] = []
+        async for output in engine.generate(request_id, prompt, params, adapter):
+            tokens = output.token_ids
+        return tokens
+
+    workloads = {"base": [], "random adapters": loras} if loras else {"base": []}
     answers: dict[str, list[list[int]]] = {}
     seconds: dict[str, float] = {}
     try:
-        for name, pool in {"base": [], "random adapters": loras}.items():
-            if name != "base" and not pool:
-                continue
-            outputs: list[list[int]] = [[] for _ in prompts]
-            generated = 0
-
-            async def one(n: int, pool: list[Any], outputs: list[list[int]], name: str) -> int:
-                adapter = pool[n % len(pool)] if pool else None
-                async for output in engine.generate(f"{name}-{n}", prompts[n], params, adapter):
-                    outputs[n] = output.token_ids
-                return len(outputs[n])
-
+        for name, pool in workloads.items():
+            outputs: list[list[int]] = []
             started = time.perf_counter()
             for first in range(0, len(prompts), CONCURRENT):
-                batch = range(first, min(first + CONCURRENT, len(prompts)))
-                generated += sum(
-                    await asyncio.gather(*(one(n, pool, outputs, name) for n in batch))
+                outputs += await asyncio.gather(
+                    *(
+                        answer(f"{name}-{n}", prompts[n], pool[n % len(pool)] if pool else None)
+                        for n in range(first, min(first + CONCURRENT, len(prompts)))
+                    )
                 )
             seconds[name] = time.perf_counter() - started
             answers[name] = outputs
     finally:
         await engine.shutdown()
-    return {"answers": answers, "seconds": seconds, "generated": generated}
+    return {"answers": answers, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 What makes a step cheap (see `objective` and `batching`): logits only where a label is, batches
 of similar lengths, examples that begin with the same passage computed as one row, micro-batches
 cut to the memory bound, activation checkpointing only when an example alone would exceed it,
-and bf16 autocast (fp32 master weights) where the hardware has it.
+and bf16 autocast (fp32 master weights) where the hardware has it, the frozen weights cast once
+for the training rather than at every use.
 
 QA knowledge stops early once it is learned. The step's own predictions show whether every
 answer token was the argmax at the example's latest visit; once that holds for all examples,
