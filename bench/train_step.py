@@ -59,6 +59,8 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
     "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5, TEXT_DROPOUT),
     "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, 1, TEXT_DROPOUT),
     "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1, TEXT_DROPOUT),
+    "bf16, one example a micro-batch": ("bf16", 1, 0, TEXT_DROPOUT),
+    "bf16, one example a micro-batch, every layer checkpointed": ("bf16", 1, 1, TEXT_DROPOUT),
 }
 BARE = "bare PEFT step (fp32, full logits, LoRA dropout 0.1)"
 # The worker's own plan again, stepped in a thread of its own while another thread that computed
@@ -118,10 +120,10 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from loramem.trainer.lora_trainer import (
         ComputePlan,
         _Steps,
+        cast_once,
         checkpointing,
         lora_config,
         plan_compute,
-        weights_cast_once,
     )
 
     if name in IN_THREAD or name in SHARED:
@@ -151,7 +153,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
         autocast = (
             torch.bfloat16 if precision in ("bf16", BF16_WEIGHTS, CAST_AT_EVERY_USE) else None
         )
-        # The trainer casts the frozen weights once for the training (weights_cast_once).
+        # The trainer casts the frozen weights once for the training (cast_once).
         cast = autocast if precision == "bf16" else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
@@ -169,7 +171,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     seconds = []
 
     def four_steps() -> None:
-        with checkpointing(peft_model, layers_checkpointed), weights_cast_once(peft_model, cast):
+        with checkpointing(peft_model, layers_checkpointed), cast_once(peft_model, cast):
             for _ in range(4):
                 started = time.perf_counter()
                 step()

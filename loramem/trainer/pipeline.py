@@ -30,6 +30,7 @@ from loramem.trainer.knowledge import KnowledgeLoader, counting_unasked
 from loramem.trainer.lora_trainer import (
     ComputePlan,
     MemoryBoundError,
+    cast_once_bytes,
     plan_compute,
     step_budget,
     train_lora,
@@ -255,6 +256,7 @@ class JobPipeline:
                 max(len(example.input_ids) for example in examples),
                 int(self.settings.train_memory_gb * 2**30),
                 autocast,
+                cast_once_bytes(model, autocast),
             )
         except MemoryBoundError as error:
             raise PermanentJobError(f"{error} (LORAMEM_TRAIN_MEMORY_GB)") from error

@@ -213,10 +213,19 @@ def test_the_plan_checkpoints_the_fewest_layers_that_fit_the_longest_example() -
     assert unsplit > one > both
     assert plan_compute(config, 100, 1000 * unsplit, None) == ComputePlan(None, 1000, 0)
     assert plan_compute(config, 100, 100 * one, None) == ComputePlan(None, 100, 1)
-    tight = plan_compute(config, 100, 100 * both, torch.bfloat16)
-    assert tight == ComputePlan(torch.bfloat16, 100, 2) and tight.precision == "bf16"
     with pytest.raises(MemoryBoundError, match="memory bound"):
         plan_compute(config, 100, 99 * both, None)
+    # bf16 keeps less a kept layer, so the same bound holds more tokens...
+    roomy = plan_compute(config, 100, 1000 * unsplit, torch.bfloat16)
+    assert roomy.precision == "bf16" and roomy.micro_batch_tokens > 1000
+    assert roomy.checkpointed_layers == 0
+    # ...less the weights' bf16 copies; where what is left is too little, fp32 without copies.
+    copies = 10 * both
+    assert plan_compute(config, 100, 100 * both, torch.bfloat16, copies) == ComputePlan(
+        None, 100, 2
+    )
+    fits = plan_compute(config, 100, 100 * both + copies, torch.bfloat16, copies)
+    assert fits == ComputePlan(torch.bfloat16, 100, 2)
 
 
 def test_checkpointing_some_layers_keeps_the_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -243,8 +252,10 @@ def test_checkpointing_some_layers_keeps_the_gradients(tiny) -> None:  # type: i
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
-def test_frozen_weights_cast_once_give_autocasts_gradients_and_are_put_back(tiny) -> None:  # type: ignore[no-untyped-def]
-    from loramem.trainer.lora_trainer import _Steps, weights_cast_once
+def test_casting_once_gives_autocasts_gradients_and_puts_everything_back(tiny) -> None:  # type: ignore[no-untyped-def]
+    from peft.tuners.lora import LoraLayer
+
+    from loramem.trainer.lora_trainer import _Steps, cast_once
 
     model, tokenizer = tiny
     examples = _examples([12, 30, 25], answer=5, seed=5)
@@ -258,13 +269,24 @@ def test_frozen_weights_cast_once_give_autocasts_gradients_and_are_put_back(tiny
         and not module.weight.requires_grad
         and module.weight is not embeddings
     }
+    adapted = [m for m in model.modules() if isinstance(m, LoraLayer)]
     grads = []
     for once in (False, True):
         model.zero_grad(set_to_none=True)
-        with weights_cast_once(model, plan.autocast if once else None):
+        inputs: set[torch.dtype] = set()
+        with cast_once(model, plan.autocast if once else None):
             dtypes = {model.get_submodule(name).weight.dtype for name in frozen}
             assert dtypes == ({torch.bfloat16} if once else {torch.float32})
+            seen = [
+                m.register_forward_hook(lambda _m, args, _out, seen=inputs: seen.add(args[0].dtype))
+                for m in adapted
+            ]
             _Steps(model, examples, tokenizer.pad_token_id, plan).run([0, 1, 2], backward=True)
+            for hook in seen:
+                hook.remove()
+        # Cast once, every adapted layer gets its input in bf16; otherwise those after a norm
+        # get its fp32.
+        assert (inputs == {torch.bfloat16}) if once else (torch.float32 in inputs)
         grads.append(
             torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         )
@@ -272,6 +294,8 @@ def test_frozen_weights_cast_once_give_autocasts_gradients_and_are_put_back(tiny
     # Autocast rounds each weight the same way at every use: the same gradients.
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
     assert all(model.get_submodule(name).weight is weight for name, weight in frozen.items())
+    assert not any(m._forward_pre_hooks for m in adapted)
+    assert all(m.cast_input_dtype_enabled for m in adapted)
     assert model.get_input_embeddings().weight is embeddings
     assert embeddings.dtype == torch.float32
 
