@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import (
+    activation_bytes,
     claim_throughput,
     compose_latency,
     engine_precision,
@@ -34,6 +35,7 @@ FULL: list[Run] = [
     ("serving", serving.main, []),
     ("hot swap", hot_swap.main, []),
     ("train step", train_step.main, []),
+    ("activation bytes", activation_bytes.main, []),
     ("training", training.main, []),
     ("in server", in_server.main, []),
     ("compose latency", compose_latency.main, []),
