@@ -798,15 +798,10 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
 
 
 def _proper_phrase(token: Any) -> Any | None:
-    """'The Aster Commuter', a name the small pipeline did not tag: the proper noun with its
-    compounds and determiner."""
+    """'The Aster Commuter', a name the small pipeline did not tag."""
     if token.pos_ != "PROPN" or token.ent_type_:
         return None
-    start = min(
-        (c.i for c in token.children if c.dep_ in ("compound", "det") and c.i < token.i),
-        default=token.i,
-    )
-    return token.doc[start : token.i + 1]
+    return _phrase_ending_at(token, ("compound", "det"))
 
 
 def _defined_phrase(token: Any) -> Any | None:
@@ -819,10 +814,12 @@ def _defined_phrase(token: Any) -> Any | None:
         or not any(c.dep_ == "attr" for c in verb.children)
     ):
         return None
-    start = min(
-        (c.i for c in token.children if c.dep_ in ("compound", "amod") and c.i < token.i),
-        default=token.i,
-    )
+    return _phrase_ending_at(token, ("compound", "amod"))
+
+
+def _phrase_ending_at(token: Any, deps: tuple[str, ...]) -> Any:
+    """`token` with the words of `deps` before it."""
+    start = min((c.i for c in token.children if c.dep_ in deps and c.i < token.i), default=token.i)
     return token.doc[start : token.i + 1]
 
 
