@@ -425,9 +425,20 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
         job = server.memorize(f"prose-{name}", text=text, options=options)
         events = server.http.get(f"/jobs/{job['id']}/events").json()["events"]
         [augmented] = [e["data"] for e in events if e["kind"] == "augmented"]
+        generated = server.http.get(f"/admin/topics/prose-{name}").json()["generated"]
+        taught = [
+            normalize(item["answer"])
+            for item in generated
+            if item["kind"] == "qa" and item["kept"] and not item["held_out"]
+        ]
         result["texts"][name] = {
             "words": len(text.split()),
             "questions": len(questions[name]),
+            # The benchmark's questions whose answer some kept question teaches: lora's reach.
+            "answers_taught": sum(
+                any(normalize(a) in t or t in normalize(a) for a in accepted for t in taught if t)
+                for _, accepted in questions[name]
+            ),
             "train_seconds": job["seconds"],
             "job_recall": job["recall"],
             "items_kept": augmented["kept"],
@@ -437,6 +448,7 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
         print(
             f"prose {name} {options}: job {job['seconds']:.0f} s, own recall {job['recall']:.0%}, "
             f"{augmented['kept']} items kept of {augmented['generated']}, "
+            f"{result['texts'][name]['answers_taught']} of {len(questions[name])} answers taught, "
             f"peak {result['texts'][name]['peak_gib']:.2f} GiB"
         )
     hits = dict.fromkeys(PROSE_MODES, 0)
