@@ -36,16 +36,15 @@ WAYS = {
 
 def saved_bytes(model: Any, ids: torch.Tensor, autocast: bool, once: bool) -> dict[str, int]:
     """Bytes autograd saved for one forward and backward: activations, and casts of weights."""
-    weight_sizes = {
-        m.weight.untyped_storage().nbytes() // 2
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear)
+    weight_shapes = {
+        tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)
     }
-    saved: dict[int, int] = {}
+    saved: dict[int, tuple[int, bool]] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        saved[storage.data_ptr()] = storage.nbytes()
+        cast = tensor.dtype == torch.bfloat16 and tuple(tensor.shape) in weight_shapes
+        saved[storage.data_ptr()] = (storage.nbytes(), cast)
         return tensor
 
     computing = (
@@ -60,9 +59,11 @@ def saved_bytes(model: Any, ids: torch.Tensor, autocast: bool, once: bool) -> di
         parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
         hidden.float().sum().backward()
     model.zero_grad(set_to_none=True)
-    kept = {ptr: size for ptr, size in saved.items() if ptr not in parameters}
-    casts = sum(size for size in kept.values() if size in weight_sizes)
-    return {"activations": sum(kept.values()) - casts, "weight_casts": casts}
+    kept = [entry for ptr, entry in saved.items() if ptr not in parameters]
+    return {
+        "activations": sum(size for size, cast in kept if not cast),
+        "weight_casts": sum(size for size, cast in kept if cast),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -47,6 +47,7 @@ _PERSONAL = set(_GENDER)
 _NEUTER = {"it", "its", "itself"}
 _UNRESOLVABLE = {"they", "them", "their", "we", "us", "our", "you", "your", "i", "me", "my"}
 _SECOND_PERSON = frozenset({"you", "your", "yours"})
+_RELATIVE_PRONOUNS = ("that", "who", "which")
 _CLAUSE_DEPS = {"ROOT", "conj", "advcl", "relcl", "ccomp"}
 # What spaCy calls the spans of `noun_chunks`.
 _NOUN_CHUNK = "NP"
@@ -360,7 +361,7 @@ class _Reader:
         subject = _subject(verb)
         if subject is None:
             return []
-        relative = subject.lower_ in ("that", "who", "which")
+        relative = subject.lower_ in _RELATIVE_PRONOUNS
         if (
             verb.dep_ == "relcl"
             and not relative
@@ -424,27 +425,31 @@ class _Reader:
                 break
             verb = verb.head
         subject = _subject(verb)
-        said, parts, tokens = "", [], []
+        # The subject as the question says it, and who the clause's own pronouns stand for.
+        parts: list[tuple[int, str]] = []
+        referent = ""
+        tokens: list[Any] = []
         if subject is not None:
-            relative = subject.lower_ in ("that", "who", "which")
+            relative = subject.lower_ in _RELATIVE_PRONOUNS
             in_subject = subject.left_edge.i <= span.start and span.end - 1 <= subject.right_edge.i
             if in_subject and (relative or span.root != subject):
                 return None  # a thing inside the subject's phrase: no clause says it
-            said = wh if in_subject else self.phrase(verb.head if relative else subject) or ""
+            if in_subject:  # its pronouns ("his workshop") stay
+                parts, referent, replaced = [(subject.left_edge.i, wh)], span.text, set()
+            else:
+                referent = self.phrase(verb.head if relative else subject) or ""
+                parts = [(subject.left_edge.i, referent)]
             aux = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
             tokens = sorted([*aux, *_clause_body(verb, subject)], key=lambda t: t.i)
-            parts = [(subject.left_edge.i, said)]
-            if in_subject:
-                replaced, said = set(), span.text  # its pronouns ("his workshop") stay
         relative_object = any(t.tag_ in ("WDT", "WP") and t.dep_ != "nsubj" for t in tokens)
-        if not said or relative_object or not replaced <= {t.i for t in tokens}:
+        if not referent or relative_object or not replaced <= {t.i for t in tokens}:
             # In a phrase the clause leaves out ('made by Solberg Cycles'), or a clause without
             # a subject to say: the whole sentence.
             tokens = [t for t in span.sent if not (t.is_punct and t.i == span.sent.end - 1)]
-            said, parts = "", []
+            referent, parts = "", []
         tokens = _without_other_conjuncts(tokens, span)
         # An instruction's "you" is anyone's: "You will need how many grams of flour?"
-        words = self._said(tokens, said, kept=_SECOND_PERSON)
+        words = self._said(tokens, referent, kept=_SECOND_PERSON)
         if words is None:
             return None
         for token, word in zip(tokens, words, strict=True):
