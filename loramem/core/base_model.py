@@ -140,6 +140,8 @@ def load_causal_lm(
     import torch
     from transformers import AutoTokenizer
 
+    from loramem.core.few_rows import use_few_rows_linear
+
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -147,6 +149,7 @@ def load_causal_lm(
     with _LOADING:
         model = _load_model(path, device, sharing, dtype)
     model.eval()
+    use_few_rows_linear(model)
     return model, tokenizer
 
 
