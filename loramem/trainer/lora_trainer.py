@@ -39,6 +39,7 @@ from loramem.trainer.batching import (
     length_grouped_batches,
     members,
     micro_batches,
+    widest_within,
 )
 from loramem.trainer.objective import LossTerms, TeacherTargets, labelled_loss, teacher_targets
 
@@ -110,7 +111,9 @@ def longest_trainable(config: Any, memory_bytes: int) -> int:
     """The most tokens one example may have to be trained within the bound: alone, with every
     layer checkpointed (in fp32, which a job falls back to where bf16's weight copies leave too
     little of the bound)."""
-    return memory_bytes // activation_bytes_per_token(config, config.num_hidden_layers)
+    return widest_within(
+        memory_bytes // activation_bytes_per_token(config, config.num_hidden_layers)
+    )
 
 
 def plan_compute(

@@ -24,7 +24,7 @@ from loramem.core.metrics import process_memory
 from loramem.core.options import TrainingOptions
 from loramem.core.registry import queue, versions
 from loramem.core.registry.models import Module
-from loramem.trainer.batching import TrainingExample
+from loramem.trainer.batching import TrainingExample, padded_width
 from loramem.trainer.job import RunningJob
 from loramem.trainer.knowledge import KnowledgeLoader, counting_unasked
 from loramem.trainer.lora_trainer import (
@@ -253,7 +253,7 @@ class JobPipeline:
         try:
             return plan_compute(
                 model.config,
-                max(len(example.input_ids) for example in examples),
+                padded_width(max(len(example.input_ids) for example in examples)),
                 int(self.settings.train_memory_gb * 2**30),
                 autocast,
                 cast_once_bytes(model, autocast),

@@ -23,7 +23,9 @@ from loramem.trainer.batching import (
     length_grouped_batches,
     members,
     micro_batches,
+    padded_width,
     shared_rows,
+    widest_within,
 )
 from loramem.trainer.lora_trainer import (
     ComputePlan,
@@ -49,7 +51,7 @@ def _examples(lengths: list[int], answer: int = 3, seed: int = 0) -> list[Traini
 
 def _padding(batches: list[list[int]], examples: list[TrainingExample]) -> float:
     real = sum(len(examples[i].input_ids) for batch in batches for i in batch)
-    padded = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
+    padded = sum(len(b) * padded_width(max(len(examples[i].input_ids) for i in b)) for b in batches)
     return 1 - real / padded
 
 
@@ -77,8 +79,23 @@ def test_micro_batches_stay_within_the_token_budget() -> None:
     assert sorted(i for run in runs for i in members(run)) == list(range(6))
     assert [Row((5,))] in runs  # longer than the budget: alone
     for run in runs:
-        width = max(row.width(examples) for row in run)
+        width = padded_width(max(row.width(examples) for row in run))
         assert len(run) == 1 or len(run) * width <= 100
+
+
+def test_micro_batches_come_in_a_few_widths_with_little_more_padding() -> None:
+    widths = [padded_width(width) for width in range(1, 1025)]
+    assert all(p >= w for w, p in zip(range(1, 1025), widths, strict=True))
+    assert all(p <= 1.125 * w for w, p in zip(range(64, 1025), widths[63:], strict=True))
+    # 8 widths an octave: 8, 16, ..., 64, then 72, 80, ..., 128, then 144, 160, ..., 1024.
+    assert len(set(widths)) == 5 * 8 and max(widths) == 1024
+    for tokens in range(8, 1025):
+        fits = [w for w in range(1, 1025) if padded_width(w) <= tokens]
+        assert widest_within(tokens) == max(fits)
+    examples = _examples([97, 60, 33])
+    batch = collate(examples, pad_id=0, device=torch.device("cpu"))
+    assert batch["input_ids"].shape == (3, 104)
+    assert batch["owners"][:, 97:].eq(-1).all() and batch["labels"][:, 97:].eq(IGNORE_INDEX).all()
 
 
 def _sharing_a_passage(
@@ -111,7 +128,8 @@ def test_examples_that_share_a_passage_share_a_row() -> None:
         Row((6,)),
     ]
     # A row no wider than the budget: the passage's third question starts a row of its own.
-    budget = Row((0, 1), 150).width(examples)
+    budget = padded_width(Row((0, 1), 150).width(examples))
+    assert padded_width(Row((0, 1, 2), 150).width(examples)) > budget
     assert shared_rows([0, 1, 2], examples, budget) == [Row((0, 1), 150), Row((2,))]
     # The shared prefix stops where an example's first label is predicted.
     same = TrainingExample([5] * 60, [IGNORE_INDEX] * 50 + [5] * 10)
