@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from bench.common import PROSE, save
-from bench.recall import PROSE_MODES, loramem_server
+from bench.recall import PROSE_MODES, ask_prose, loramem_server
 
 
 def resident_gib(pid: int) -> float:
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             reading(f"after the job for {name} ({job['seconds']:.0f} s)")
             for question, _ in questions[name]:
                 for mode in PROSE_MODES:
-                    auto = mode == "auto"
-                    topic = None if mode == "base" else "auto" if auto else f"prose-{name}"
-                    server.ask(question, topic, mode, tokens=32)
+                    ask_prose(server, question, name, mode)
             reading(f"after the questions about {name}")
     report = {"articles": args.articles.split(","), "readings": readings}
     save("memory_growth", report)

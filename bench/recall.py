@@ -102,7 +102,18 @@ FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 UNRELATED = ["How do volcanoes form?", "What is the boiling point of water?", "Who wrote Hamlet?"]
 
 
-PROSE_MODES = ("base", "rag", "lora", "hybrid", "auto")
+PROSE_MODES = ("base", "rag", "lora", "hybrid", "hybrid+reader", "auto")
+# How each prose mode is asked: hybrid without and with the base model reading beside the adapter.
+PROSE_REQUESTS: dict[str, dict[str, Any]] = {
+    "hybrid": {"mode": "hybrid", "hybrid_reader": False},
+    "hybrid+reader": {"mode": "hybrid", "hybrid_reader": True},
+}
+
+
+def ask_prose(server: Server, question: str, article: str, mode: str) -> dict[str, Any]:
+    """A prose benchmark's question about `article`, asked in one of PROSE_MODES."""
+    topic = None if mode == "base" else "auto" if mode == "auto" else f"prose-{article}"
+    return server.ask(question, topic, tokens=32, **PROSE_REQUESTS.get(mode, {"mode": mode}))
 
 
 class Server:
@@ -457,8 +468,7 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
         row = result["texts"][name]
         for question, accepted in questions[name]:
             for mode in PROSE_MODES:
-                topic = None if mode == "base" else "auto" if mode == "auto" else f"prose-{name}"
-                answer = server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32)
+                answer = ask_prose(server, question, name, mode)
                 hit = any(normalize(a) in normalize(answer["text"]) for a in accepted)
                 row[mode] = row.get(mode, 0) + hit / len(questions[name])
                 # Each answer kept, so that a run shows which facts each mode missed and how.

@@ -19,11 +19,10 @@ from loramem.serving.planner import Asked, Plan, Prompt
 
 
 def _response(plan: Plan, output: GenerationOutput) -> GenerateResponse:
-    modules = plan.modules
-    if plan.candidates:  # the module whose answer was kept comes first
-        ids = [candidate_id(plan.request_id, n) for n in range(len(modules))]
-        kept = ids.index(output.request_id)
-        modules = [modules[kept], *modules[:kept], *modules[kept + 1 :]]
+    mode, modules = plan.mode, plan.modules
+    if plan.candidates:
+        ids = [candidate_id(plan.request_id, n) for n in range(len(plan.candidates))]
+        mode, modules = plan.served_by(ids.index(output.request_id))
     return GenerateResponse(
         text=output.text,
         topic=plan.topic,
@@ -31,7 +30,7 @@ def _response(plan: Plan, output: GenerationOutput) -> GenerateResponse:
             AdapterUsed(topic=m.topic, version=m.version, module=m.module, score=score)
             for m, score in modules
         ],
-        mode=plan.mode,
+        mode=mode,
         retrieved=[Retrieved(text=h.text, score=h.score) for h in plan.retrieved],
         finish_reason=output.finish_reason,
         usage=Usage(prompt_tokens=len(plan.prompt_ids), completion_tokens=len(output.token_ids)),
@@ -61,6 +60,7 @@ class GenerateServing:
             top_k=request.top_k,
             compose=request.compose,
             confident_tokens=request.confident_tokens,
+            hybrid_reader=request.hybrid_reader,
         )
         return await self.generation.start(prompt, asked)
 
