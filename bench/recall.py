@@ -102,18 +102,13 @@ FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 UNRELATED = ["How do volcanoes form?", "What is the boiling point of water?", "Who wrote Hamlet?"]
 
 
-PROSE_MODES = ("base", "rag", "lora", "hybrid", "hybrid+reader", "auto")
-# How each prose mode is asked: hybrid without and with the base model reading beside the adapter.
-PROSE_REQUESTS: dict[str, dict[str, Any]] = {
-    "hybrid": {"mode": "hybrid", "hybrid_reader": False},
-    "hybrid+reader": {"mode": "hybrid", "hybrid_reader": True},
-}
+PROSE_MODES = ("base", "rag", "lora", "hybrid", "auto")
 
 
 def ask_prose(server: Server, question: str, article: str, mode: str) -> dict[str, Any]:
     """A prose benchmark's question about `article`, asked in one of PROSE_MODES."""
     topic = None if mode == "base" else "auto" if mode == "auto" else f"prose-{article}"
-    return server.ask(question, topic, tokens=32, **PROSE_REQUESTS.get(mode, {"mode": mode}))
+    return server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32)
 
 
 class Server:

@@ -84,11 +84,6 @@ class Settings(BaseSettings):
     # "What the memory recalls"); after one, a module sure of the first token of an answer it
     # learned for another question can win (tests/api/test_multi_module.py).
     confident_tokens: int = Field(8, ge=0)
-    # Hybrid mode: the base model also answers from the same passages, without the adapter, as a
-    # candidate beside the module(s), and the answer the model is surer of is kept (a row of the
-    # same batches, decided after `confident_tokens`), so that an adapter that misleads its
-    # reading does not cost what the passages alone would have answered.
-    hybrid_reader: bool = False
     merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.

@@ -52,7 +52,6 @@ class Asked:
     top_k: int | None = None
     compose: ComposeMethod | None = None
     confident_tokens: int | None = None
-    hybrid_reader: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -71,20 +70,8 @@ class Plan:
     retrieved: list[Hit]
     # ...or, composed by confidence, the modules' adapters that each answer (rows of one batch),
     # each saying this many tokens before the surest goes on alone (0: all finish).
-    candidates: tuple[LoRAAdapter | None, ...] = ()
+    candidates: tuple[LoRAAdapter, ...] = ()
     confident_tokens: int = 0
-    # Whether the last candidate is the base model reading the passages (hybrid_reader).
-    reader: bool = False
-
-    def served_by(self, candidate: int) -> tuple[ServedMode, list[tuple[ActiveAdapter, float]]]:
-        """The mode and the modules that served the answer of the kept candidate, the module that
-        answered first: the passages alone where the reader's answer was kept."""
-        if self.reader and candidate == len(self.candidates) - 1:
-            return "rag", []
-        if len(self.candidates) - self.reader == len(self.modules):  # a candidate per module
-            kept = self.modules[candidate]
-            return self.mode, [kept, *(m for m in self.modules if m is not kept)]
-        return self.mode, self.modules
 
 
 class Planner:
@@ -116,7 +103,7 @@ class Planner:
             topic, mode, prompt.query, score, asked.top_k or self.settings.route_top_k, rank_limit
         )
         adapter = None
-        candidates: tuple[LoRAAdapter | None, ...] = ()
+        candidates: tuple[LoRAAdapter, ...] = ()
         if len(modules) == 1:
             adapter = modules[0][0].adapter
         elif modules and method == "confident":
@@ -125,13 +112,6 @@ class Planner:
             adapter = await self.composed.get(
                 modules[0][0].topic_id, [(m.adapter, score) for m, score in modules], method
             )
-        reader = served == "hybrid" and bool(modules) and bool(hits)
-        if reader and (
-            self.settings.hybrid_reader if asked.hybrid_reader is None else asked.hybrid_reader
-        ):
-            candidates, adapter = (*(candidates or (adapter,)), None), None
-        else:
-            reader = False
         prompt_ids = prompt.to_ids(context_block([h.text for h in hits]))
         room = self.engine.max_model_len - len(prompt_ids)
         if room < 1:
@@ -162,7 +142,6 @@ class Planner:
             hits,
             candidates,
             self.settings.confident_tokens if confident_tokens is None else confident_tokens,
-            reader,
         )
 
     async def _serve(

@@ -76,31 +76,6 @@ async def test_rag_and_hybrid_put_the_topics_passages_into_the_prompt(
         assert body["usage"]["prompt_tokens"] > lora["usage"]["prompt_tokens"]
 
 
-async def test_hybrids_reader_keeps_the_adapters_answer_or_the_passages_alone(
-    two_topics: httpx.AsyncClient,
-) -> None:
-    question = {"prompt": "What is Zorblax's pet called?", "topic": "zorblax", "max_tokens": 6}
-    rag = (await two_topics.post("/generate", json={**question, "mode": "rag"})).json()
-    hybrid = (
-        await two_topics.post(
-            "/generate", json={**question, "mode": "hybrid", "hybrid_reader": False}
-        )
-    ).json()
-    read = (
-        await two_topics.post(
-            "/generate", json={**question, "mode": "hybrid", "hybrid_reader": True}
-        )
-    ).json()
-    assert read["retrieved"] == hybrid["retrieved"]
-    # Whichever was kept, the response says what served it, and its answer is that one's.
-    if read["mode"] == "rag":
-        assert read["adapters"] == [] and read["text"] == rag["text"]
-    else:
-        assert read["mode"] == "hybrid" and read["adapters"] == hybrid["adapters"]
-        assert read["text"] == hybrid["text"]
-    assert rag["text"] != hybrid["text"]  # the two candidates differ: the choice is visible
-
-
 async def test_a_forgotten_topic_is_no_longer_routed_to(two_topics: httpx.AsyncClient) -> None:
     assert (await two_topics.delete("/admin/topics/zorblax")).status_code == 200
     question = {"prompt": "What is the name of Zorblax's pet?", "topic": "auto", "max_tokens": 4}

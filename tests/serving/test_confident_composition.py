@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,9 @@ from loramem.serving.engines import Engine, GenerationOutput, LoRAAdapter
 from loramem.serving.generation import GenerationService
 from loramem.serving.planner import Plan
 
-BASE = "base model"
-
 
 class ScriptedEngine(Engine):
-    """Each adapter answers its script: (token, log-probability) pairs, one output a token; the
-    base model (no adapter) answers the script named BASE."""
+    """Each adapter answers its script: (token, log-probability) pairs, one output a token."""
 
     kind = "scripted"
 
@@ -58,13 +54,13 @@ class ScriptedEngine(Engine):
         params: SamplingParams,
         adapter: LoRAAdapter | None = None,
     ) -> AsyncGenerator[GenerationOutput]:
-        name = adapter.name if adapter is not None else BASE
-        script = self.scripts[name][: params.max_tokens]
+        assert adapter is not None
+        script = self.scripts[adapter.name][: params.max_tokens]
         finished = False
         try:
             for n in range(1, len(script) + 1):
                 await asyncio.sleep(0)  # one engine step: the other rows advance too
-                self.said[name] = n
+                self.said[adapter.name] = n
                 finished = n == len(script)
                 yield GenerationOutput(
                     request_id,
@@ -76,7 +72,7 @@ class ScriptedEngine(Engine):
                 )
         finally:
             if not finished:
-                self.closed.add(name)
+                self.closed.add(adapter.name)
 
 
 def _adapter(name: str) -> LoRAAdapter:
@@ -87,9 +83,7 @@ def _service(engine: Engine) -> GenerationService:
     return GenerationService(engine, None, Admission(4), Metrics())  # type: ignore[arg-type]
 
 
-def _plan(
-    names: list[str | None], confident_tokens: int, max_tokens: int = 16, reader: bool = False
-) -> Plan:
+def _plan(names: list[str], confident_tokens: int, max_tokens: int = 16) -> Plan:
     return Plan(
         request_id="r",
         prompt_ids=[1, 2, 3],
@@ -99,9 +93,8 @@ def _plan(
         modules=[],
         adapter=None,
         retrieved=[],
-        candidates=tuple(None if n is None else _adapter(n) for n in names),
+        candidates=tuple(_adapter(n) for n in names),
         confident_tokens=confident_tokens,
-        reader=reader,
     )
 
 
@@ -152,28 +145,3 @@ async def test_a_request_gone_stops_every_candidate() -> None:
     await outputs.aclose()
     assert engine.closed == {"a", "b", "c"}
     assert max(engine.said.values()) <= 5
-
-
-async def test_hybrids_reader_answers_when_it_is_surer_than_the_adapter() -> None:
-    engine = ScriptedEngine({"module": LONG_UNSURE, BASE: SURE})
-    plan = _plan(["module", None], 2, reader=True)
-    outputs = await _outputs(_service(engine), plan)
-    assert outputs[-1].text == "1921."
-    assert engine.closed == {"module"}
-    assert plan.served_by(1) == ("rag", [])
-    engine = ScriptedEngine({"module": SURE, BASE: LONG_UNSURE})
-    assert (await _outputs(_service(engine), plan))[-1].text == "1921."
-    assert engine.closed == {BASE}
-
-
-def test_a_kept_candidate_names_what_served_it() -> None:
-    modules: list[Any] = [("first", 0.9), ("second", 0.5), ("third", 0.2)]
-    each = replace(_plan(["a", "b", "c"], 8), modules=modules, mode="hybrid")
-    assert each.served_by(2) == ("hybrid", [modules[2], modules[0], modules[1]])
-    read = replace(_plan(["a", "b", "c", None], 8, reader=True), modules=modules, mode="hybrid")
-    assert read.served_by(1) == ("hybrid", [modules[1], modules[0], modules[2]])
-    assert read.served_by(3) == ("rag", [])
-    # The modules summed into one adapter: it serves with all of them.
-    summed = replace(_plan(["sum", None], 8, reader=True), modules=modules, mode="hybrid")
-    assert summed.served_by(0) == ("hybrid", modules)
-    assert summed.served_by(1) == ("rag", [])

@@ -40,11 +40,6 @@ class GenerateRequest(StrictBody):
         description="composing by confidence: the tokens each module says before the surest goes "
         "on alone (0: every module finishes its answer)",
     )
-    hybrid_reader: bool | None = Field(
-        None,
-        description="hybrid mode: the base model also answers from the passages, and the answer "
-        "the model is surer of is kept (default: LORAMEM_HYBRID_READER)",
-    )
     stream: bool = False
 
 

@@ -19,10 +19,11 @@ from loramem.serving.planner import Asked, Plan, Prompt
 
 
 def _response(plan: Plan, output: GenerationOutput) -> GenerateResponse:
-    mode, modules = plan.mode, plan.modules
-    if plan.candidates:
-        ids = [candidate_id(plan.request_id, n) for n in range(len(plan.candidates))]
-        mode, modules = plan.served_by(ids.index(output.request_id))
+    modules = plan.modules
+    if plan.candidates:  # the module whose answer was kept comes first
+        ids = [candidate_id(plan.request_id, n) for n in range(len(modules))]
+        kept = ids.index(output.request_id)
+        modules = [modules[kept], *modules[:kept], *modules[kept + 1 :]]
     return GenerateResponse(
         text=output.text,
         topic=plan.topic,
@@ -30,7 +31,7 @@ def _response(plan: Plan, output: GenerationOutput) -> GenerateResponse:
             AdapterUsed(topic=m.topic, version=m.version, module=m.module, score=score)
             for m, score in modules
         ],
-        mode=mode,
+        mode=plan.mode,
         retrieved=[Retrieved(text=h.text, score=h.score) for h in plan.retrieved],
         finish_reason=output.finish_reason,
         usage=Usage(prompt_tokens=len(plan.prompt_ids), completion_tokens=len(output.token_ids)),
@@ -60,7 +61,6 @@ class GenerateServing:
             top_k=request.top_k,
             compose=request.compose,
             confident_tokens=request.confident_tokens,
-            hybrid_reader=request.hybrid_reader,
         )
         return await self.generation.start(prompt, asked)
 
