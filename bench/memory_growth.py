@@ -17,16 +17,8 @@ import argparse
 import json
 from typing import Any
 
-from bench.common import PROSE, save
+from bench.common import PROSE, memory_gib, save
 from bench.recall import PROSE_MODES, ask_prose, loramem_server
-
-
-def resident_gib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -38,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with loramem_server() as server:
 
         def reading(moment: str) -> None:
-            readings.append({"moment": moment, "resident_gib": resident_gib(server.pid)})
+            readings.append({"moment": moment, "resident_gib": memory_gib(server.pid)["rss_gib"]})
             print(f"  {moment}: {readings[-1]['resident_gib']:.2f} GiB", flush=True)
 
         reading("started")

@@ -42,12 +42,14 @@ MIN_SHARED_TOKENS = 32
 def padded_width(width: int) -> int:
     """`width` rounded up to a multiple of an eighth of the power of two below it (and of 8): 8
     widths an octave, at most an eighth more tokens (100 -> 104, 200 -> 208, 300 -> 320)."""
-    return -(-width // _width_step(width)) * _width_step(width)
+    step = _width_step(width)
+    return -(-width // step) * step
 
 
 def widest_within(tokens: int) -> int:
     """The longest example whose `padded_width` is at most `tokens`."""
-    return tokens // _width_step(tokens) * _width_step(tokens)
+    step = _width_step(tokens)
+    return tokens // step * step
 
 
 def _width_step(width: int) -> int:

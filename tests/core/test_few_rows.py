@@ -28,6 +28,8 @@ def test_every_row_count_gives_what_nn_linear_gives(bias: bool) -> None:
                 out = few(x)
                 assert out.shape == (*shape[:-1], 80)
                 torch.testing.assert_close(out, stock(x), rtol=1e-5, atol=1e-5)
+                # Only 2 to MAX_ROWS rows take the transposed product (a view, not contiguous).
+                assert out.is_contiguous() == (not 1 < rows <= MAX_ROWS)
                 # What attention does with a projection: a view of heads.
                 assert out.reshape(*shape[:-1], 8, 10).shape[-1] == 10
 
