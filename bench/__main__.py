@@ -17,6 +17,7 @@ from typing import Any
 from bench import (
     activation_bytes,
     claim_throughput,
+    compose_choice,
     compose_latency,
     decode_rows,
     engine_precision,
@@ -42,6 +43,7 @@ FULL: list[Run] = [
     ("in server", in_server.main, []),
     ("memory growth", memory_growth.main, []),
     ("compose latency", compose_latency.main, []),
+    ("compose choice", compose_choice.main, []),
     ("decode rows", decode_rows.main, []),
     ("engine precision", engine_precision.main, []),
     ("claim throughput", claim_throughput.main, []),

@@ -362,6 +362,42 @@ def multi_module(
     return result
 
 
+def prose_paragraphs(articles: list[str]) -> list[tuple[str, str]]:
+    """(article, paragraph) for every paragraph of the articles, in order."""
+    return [
+        (name, paragraph)
+        for name in articles
+        for paragraph in (PROSE / f"{name}.txt").read_text().split("\n\n")
+        if paragraph.strip()
+    ]
+
+
+def memorize_split_prose(server: Server, paragraphs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The paragraphs as the documents of topic `split-prose` (one module each, in a server
+    whose module capacity is below a paragraph)."""
+    return server.memorize("split-prose", documents=[paragraph for _, paragraph in paragraphs])
+
+
+def questions_by_paragraph(
+    articles: list[str], paragraphs: list[tuple[str, str]]
+) -> list[tuple[str, list[str], int]]:
+    """The articles' questions as (question, accepted answers, index of the paragraph that holds
+    the answer: the first, should several); questions whose answer no paragraph holds are left
+    out."""
+    questions = json.loads((PROSE / "questions.json").read_text())
+    asked = []
+    for name in articles:
+        for question, accepted in questions[name]:
+            holding = [
+                i
+                for i, (article, paragraph) in enumerate(paragraphs)
+                if article == name and any(normalize(a) in normalize(paragraph) for a in accepted)
+            ]
+            if holding:
+                asked.append((question, accepted, holding[0]))
+    return asked
+
+
 def prose_modules(server: Server, articles: list[str], methods: list[str]) -> dict[str, Any]:
     """Prose split into small modules, where the top-1 module is not always the right one.
 
@@ -370,13 +406,7 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
     than the text is routed among them by the passages each learned. The oracle asks each
     question of a topic holding only its paragraph, trained on the same data as that module.
     """
-    questions = json.loads((PROSE / "questions.json").read_text())
-    paragraphs = [
-        (name, paragraph)
-        for name in articles
-        for paragraph in (PROSE / f"{name}.txt").read_text().split("\n\n")
-        if paragraph.strip()
-    ]
+    paragraphs = prose_paragraphs(articles)
     result: dict[str, Any] = {
         "articles": articles,
         "paragraphs": len(paragraphs),
@@ -387,21 +417,10 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
         result["train_seconds"][f"paragraph-{i}"] = server.memorize(
             f"paragraph-{i}", text=paragraph
         )["seconds"]
-    job = server.memorize("split-prose", documents=[paragraph for _, paragraph in paragraphs])
-    result["train_seconds"]["split-prose"] = job["seconds"]
+    result["train_seconds"]["split-prose"] = memorize_split_prose(server, paragraphs)["seconds"]
     documents = server.http.get("/admin/topics/split-prose").json()["documents"]
     module_of = {d["text"]: d["module"] for d in documents}
-    asked_questions = []
-    for name in articles:
-        for question, accepted in questions[name]:
-            # The paragraph that holds the answer (the first, should several).
-            holding = [
-                i
-                for i, (article, paragraph) in enumerate(paragraphs)
-                if article == name and any(normalize(a) in normalize(paragraph) for a in accepted)
-            ]
-            if holding:
-                asked_questions.append((question, accepted, holding[0]))
+    asked_questions = questions_by_paragraph(articles, paragraphs)
     result["questions"] = len(asked_questions)
 
     def recall(name: str, topic_of: Callable[[int], str], **request: Any) -> None:
