@@ -80,10 +80,8 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
     )
     with served(env, work / "server.log") as (url, process):
         server = Server(url, process.pid)
-        job = memorize_split_prose(server, paragraphs)
+        job, modules = memorize_split_prose(server, paragraphs)
         print(f"split topic: {len(paragraphs)} paragraphs trained in {job['seconds']:.0f} s")
-        documents = server.http.get("/admin/topics/split-prose").json()["documents"]
-        module_of = {d["text"]: d["module"] for d in documents}
         questions = []
         for question, accepted, paragraph in questions_by_paragraph(articles, paragraphs):
             routed = server.ask(question, "split-prose", "lora", 1, top_k=top_k)["adapters"]
@@ -91,7 +89,7 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
                 {
                     "question": question,
                     "accepted": accepted,
-                    "own_module": module_of[paragraphs[paragraph][1]],
+                    "own_module": modules[paragraph],
                     "candidates": sorted(
                         ({"module": a["module"], "routing": a["score"]} for a in routed),
                         key=lambda c: -c["routing"],

@@ -372,10 +372,15 @@ def prose_paragraphs(articles: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-def memorize_split_prose(server: Server, paragraphs: list[tuple[str, str]]) -> dict[str, Any]:
+def memorize_split_prose(
+    server: Server, paragraphs: list[tuple[str, str]]
+) -> tuple[dict[str, Any], list[int]]:
     """The paragraphs as the documents of topic `split-prose` (one module each, in a server
-    whose module capacity is below a paragraph)."""
-    return server.memorize("split-prose", documents=[paragraph for _, paragraph in paragraphs])
+    whose module capacity is below a paragraph): the finished job, and each paragraph's module."""
+    job = server.memorize("split-prose", documents=[paragraph for _, paragraph in paragraphs])
+    documents = server.http.get("/admin/topics/split-prose").json()["documents"]
+    module_of = {d["text"]: d["module"] for d in documents}
+    return job, [module_of[paragraph] for _, paragraph in paragraphs]
 
 
 def questions_by_paragraph(
@@ -417,9 +422,8 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
         result["train_seconds"][f"paragraph-{i}"] = server.memorize(
             f"paragraph-{i}", text=paragraph
         )["seconds"]
-    result["train_seconds"]["split-prose"] = memorize_split_prose(server, paragraphs)["seconds"]
-    documents = server.http.get("/admin/topics/split-prose").json()["documents"]
-    module_of = {d["text"]: d["module"] for d in documents}
+    job, modules = memorize_split_prose(server, paragraphs)
+    result["train_seconds"]["split-prose"] = job["seconds"]
     asked_questions = questions_by_paragraph(articles, paragraphs)
     result["questions"] = len(asked_questions)
 
@@ -428,7 +432,7 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
         for question, accepted, paragraph in asked_questions:
             answer = asked.ask(server, question, topic_of(paragraph), 32, **request)
             asked.hits += any(normalize(a) in normalize(answer["text"]) for a in accepted)
-            routed_right += answer["adapters"][0]["module"] == module_of[paragraphs[paragraph][1]]
+            routed_right += answer["adapters"][0]["module"] == modules[paragraph]
         asked.record(result, name)
         if name == "top-1":
             result["top1_routing_accuracy"] = routed_right / len(asked_questions)
