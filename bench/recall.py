@@ -2,7 +2,7 @@
 the paper's experiments at this project's scale.
 
     .venv/bin/python -m bench.recall [--only phonebook,modes,routing,counterfact,modules,prose,
-                                             prose-modules]
+                                             prose-together,prose-modules]
                                      [--loads 1K,2K,4K,8K] [--ranks 4,8,16,32]
                                      [--sectors 4] [--entries 24] [--module-rank 4]
                                      [--module-parts oracle,split,single]
@@ -30,6 +30,9 @@ the paper's experiments at this project's scale.
   in modes base, rag, lora and hybrid and with `topic: "auto"`; per text and overall, with each
   job's time, its own recall, the generated items kept and rejected, and the server's peak
   memory (VmHWM) during the job.
+- prose-together: the articles as the documents of one topic held by one module (the capacity
+  split lifted), asked the prose questions in lora and hybrid mode: what one module holds of
+  prose, against `prose`'s one topic an article.
 - prose-modules: the articles' paragraphs as the documents of one topic, one module each, where
   routing among modules misses: oracle (each paragraph's own topic), top-1, and the top 2 and
   top 3 composed by each method.
@@ -444,6 +447,87 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
     return result
 
 
+def augmented_event(server: Server, job: dict[str, Any]) -> dict[str, Any]:
+    """What the job's generation and checks made of its texts: items generated, kept, rejected."""
+    events = server.http.get(f"/jobs/{job['id']}/events").json()["events"]
+    [augmented] = [e["data"] for e in events if e["kind"] == "augmented"]
+    return augmented
+
+
+def answers_taught(server: Server, topic: str, questions: list[tuple[str, list[str]]]) -> int:
+    """The benchmark's questions whose answer some kept trained question teaches: lora's reach."""
+    generated = server.http.get(f"/admin/topics/{topic}").json()["generated"]
+    taught = [
+        normalize(item["answer"])
+        for item in generated
+        if item["kind"] == "qa" and item["kept"] and not item["held_out"]
+    ]
+    return sum(
+        any(normalize(a) in t or t in normalize(a) for a in accepted for t in taught if t)
+        for _, accepted in questions
+    )
+
+
+def prose_together(server: Server, articles: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """What one module holds of prose: the articles as the documents of one topic, in a server
+    whose module capacity holds them all (or as the run's settings split them), asked the same
+    questions in lora and hybrid mode as `prose` asks each article's own topic."""
+    questions = json.loads((PROSE / "questions.json").read_text())
+    texts = [(PROSE / f"{name}.txt").read_text() for name in articles]
+    Path(f"/proc/{server.pid}/clear_refs").write_text("5")
+    job = server.memorize("prose-together", documents=texts, options=options)
+    topic = server.http.get("/admin/topics/prose-together").json()
+    module_of = {document["text"]: document["module"] for document in topic["documents"]}
+    augmented = augmented_event(server, job)
+    asked = [(name, q, accepted) for name in articles for q, accepted in questions[name]]
+    result: dict[str, Any] = {
+        "articles": articles,
+        "options": options,
+        "words": sum(len(text.split()) for text in texts),
+        "modules": topic["modules"],
+        "train_seconds": job["seconds"],
+        "steps": job["step"],
+        "step_budget": job["total_steps"],
+        "job_recall": job["recall"],
+        "items_kept": augmented["kept"],
+        "items_rejected": augmented["rejected"],
+        "answers_taught": answers_taught(server, "prose-together", [(q, a) for _, q, a in asked]),
+        "peak_gib": memory_gib(server.pid)["peak_rss_gib"],
+        "texts": {name: dict.fromkeys(("lora", "hybrid"), 0) for name in articles},
+        # Where the articles are split into modules: how often a question's module is its article's.
+        "routed_right": 0,
+        "answers": [],
+    }
+    for name, question, accepted in asked:
+        for mode in ("lora", "hybrid"):
+            response = server.ask(question, "prose-together", mode, tokens=32)
+            answer = response["text"]
+            hit = any(normalize(a) in normalize(answer) for a in accepted)
+            result["texts"][name][mode] += hit
+            if mode == "lora":
+                article_module = module_of[texts[articles.index(name)]]
+                result["routed_right"] += response["adapters"][0]["module"] == article_module
+            result["answers"].append(
+                {"article": name, "question": question, "mode": mode, "answer": answer, "hit": hit}
+            )
+    for mode in ("lora", "hybrid"):
+        result[mode] = sum(row[mode] for row in result["texts"].values()) / len(asked)
+    print(
+        f"prose together {options}: {len(articles)} articles ({result['words']} words) in "
+        f"{result['modules']} module(s) (a question's module its article's: "
+        f"{result['routed_right']} of {len(asked)}), job {job['seconds']:.0f} s ({job['step']} of "
+        f"{job['total_steps']} steps), own recall {job['recall']:.0%}, "
+        f"{result['answers_taught']} of {len(asked)} answers taught, "
+        f"peak {result['peak_gib']:.2f} GiB; lora {result['lora']:.0%}, "
+        f"hybrid {result['hybrid']:.0%}; right answers per article (lora/hybrid of asked): "
+        + ", ".join(
+            f"{n} {r['lora']}/{r['hybrid']} of {len(questions[n])}"
+            for n, r in result["texts"].items()
+        )
+    )
+    return result
+
+
 def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[str, Any]:
     questions = json.loads((PROSE / "questions.json").read_text())
     result: dict[str, Any] = {"texts": {}, "options": options}
@@ -452,22 +536,11 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
         # The peak of this job alone: the kernel resets VmHWM on request.
         Path(f"/proc/{server.pid}/clear_refs").write_text("5")
         job = server.memorize(f"prose-{name}", text=text, options=options)
-        events = server.http.get(f"/jobs/{job['id']}/events").json()["events"]
-        [augmented] = [e["data"] for e in events if e["kind"] == "augmented"]
-        generated = server.http.get(f"/admin/topics/prose-{name}").json()["generated"]
-        taught = [
-            normalize(item["answer"])
-            for item in generated
-            if item["kind"] == "qa" and item["kept"] and not item["held_out"]
-        ]
+        augmented = augmented_event(server, job)
         result["texts"][name] = {
             "words": len(text.split()),
             "questions": len(questions[name]),
-            # The benchmark's questions whose answer some kept question teaches: lora's reach.
-            "answers_taught": sum(
-                any(normalize(a) in t or t in normalize(a) for a in accepted for t in taught if t)
-                for _, accepted in questions[name]
-            ),
+            "answers_taught": answers_taught(server, f"prose-{name}", questions[name]),
             "train_seconds": job["seconds"],
             "job_recall": job["recall"],
             "items_kept": augmented["kept"],
@@ -534,15 +607,28 @@ def plot(results: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     if results.get("phonebook"):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        # Recall shows where a rank saturates; the steps it took to learn show the strain before.
+        fig, (recall_ax, steps_ax) = plt.subplots(1, 2, figsize=(10, 4))
         for rank in sorted({r["rank"] for r in results["phonebook"]}):
-            rows = [r for r in results["phonebook"] if r["rank"] == rank]
-            ax.plot(
-                [r["entries"] for r in rows], [r["recall"] for r in rows], "o-", label=f"r{rank}"
+            rows = sorted(
+                (r for r in results["phonebook"] if r["rank"] == rank), key=lambda r: r["entries"]
             )
-        ax.set(xlabel="PhoneBook entries memorized", ylabel="recall (digits exact)", ylim=(0, 1.05))
-        ax.set_xscale("log")
-        ax.legend()
+            entries = [r["entries"] for r in rows]
+            recall_ax.plot(entries, [r["recall"] for r in rows], "o-", label=f"r{rank}")
+            steps_ax.plot(entries, [r["steps"] for r in rows], "o-", label=f"r{rank}")
+        recall_ax.set(
+            xlabel="PhoneBook entries memorized", ylabel="recall (digits exact)", ylim=(0, 1.05)
+        )
+        steps_ax.set(
+            xlabel="PhoneBook entries memorized",
+            ylabel="steps trained (stops once every answer is exact)",
+        )
+        loads = sorted({r["entries"] for r in results["phonebook"]})
+        for ax in (recall_ax, steps_ax):
+            ax.set_xscale("log")
+            ax.set_xticks(loads, [str(n) for n in loads])
+            ax.minorticks_off()
+            ax.legend()
         fig.tight_layout()
         fig.savefig(RESULTS / "recall_phonebook.png", dpi=120)
     if results.get("modes"):
@@ -651,6 +737,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with loramem_server() as server:
                 key = "prose" if options == text_options[0] else f"prose {options}"
                 results[key] = prose(server, args.articles.split(","), options)
+    if "prose-together" in only:
+        # One module, however much the articles hold, unless --server-setting sets the capacity.
+        lifted = {"module_tokens_per_rank": "1000000", "module_max_tokens": "1000000"}
+        with loramem_server(
+            **{name: value for name, value in lifted.items() if name not in SERVER_SETTINGS}
+        ) as server:
+            results["prose_together"] = prose_together(
+                server, args.articles.split(","), text_options[0]
+            )
     if "prose-modules" in only:
         # A module holds less than a paragraph: one module a paragraph.
         with loramem_server(module_tokens_per_rank="1") as server:
