@@ -168,9 +168,10 @@ def mean_example_tokens(qa: list[dict[str, str]]) -> float:
     return data.tokens / len(data.examples)
 
 
-def trainer(knowledge: dict[str, Any]) -> dict[str, Any]:
+def trainer(knowledge: dict[str, Any], one_module: bool = False) -> dict[str, Any]:
     """One job (a /memorize body without its topic) through loramem's registry and trainer
-    worker, in this process, with the settings of the environment."""
+    worker, in this process, with the settings of the environment; `one_module` lifts the
+    capacity split, so that all of it is one adapter, as the loops compared with it train."""
     from loramem.api.memorize.protocol import MemorizeRequest
     from loramem.api.memorize.serving import MemoryService
     from loramem.core.registry.db import Database
@@ -181,6 +182,10 @@ def trainer(knowledge: dict[str, Any]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), model_dir=MODEL_DIR)
+        if one_module:
+            settings = settings.model_copy(
+                update={"module_tokens_per_rank": 10**6, "module_max_tokens": 10**6}
+            )
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         try:
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mean_tokens = mean_example_tokens(qa)
         tokens = args.steps * min(BATCH, len(qa)) * mean_tokens
         ours = trainer(
-            {"qa": qa, "options": {**fixed, "steps": args.steps, "stop_when_learned": False}}
+            {"qa": qa, "options": {**fixed, "steps": args.steps, "stop_when_learned": False}},
+            one_module=True,
         )
         bare = bare_loop(qa, args.steps, answer_only=True)
         careful = bare_loop(qa, args.steps, answer_only=True, careful=True)
@@ -301,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "careful": careful,
         }
     if "race" in only:
+        # As a user memorizes it: split into modules by the default capacity.
         learned = trainer({"qa": qa, "options": {**fixed, **json.loads(args.race_options)}})
         print(
             f"  loramem recipe: recall {learned['recall']:.1%} after {learned['steps']} steps, "

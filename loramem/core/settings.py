@@ -98,9 +98,11 @@ class Settings(BaseSettings):
     # A version whose recall falls below this is stored but not activated.
     min_recall: float = Field(0.0, ge=0.0, le=1.0)
     # Module capacity: tokens of knowledge a rank-r module holds (tokens_per_rank x r, at most
-    # max_tokens); a topic that outgrows its module is split into several small ones. 256: half
-    # of what was measured to be held in full (PhoneBook 4K, ~4400 tokens, at r8), as a margin.
-    module_tokens_per_rank: int = Field(256, ge=1)
+    # max_tokens); a topic that outgrows its module is split into several small ones. Prose sets
+    # it, not QA: a rank-1 module held PhoneBook 8K in full, but eight 300-word articles in one
+    # r8 module answered 26 of 96 questions against 38 with a module each (64 x r8 = 512 tokens:
+    # one such article), routed to the right module 95 times of 96 (README, "Measured").
+    module_tokens_per_rank: int = Field(64, ge=1)
     module_max_tokens: int = Field(16_384, ge=1)
     # Who turns texts into QA pairs, summaries and rewrites: rules (no model), the base model
     # itself, or an OpenAI-compatible endpoint (its /v1 URL, model name and key).

@@ -3,9 +3,11 @@
 The paper: what a LoRA memorizes grows with its rank and collapses past a saturation load, and
 several small modules (one per ~8K tokens at r4 on an 8B model) beat one big module when requests
 are routed to the right one. Here a module's capacity is `tokens_per_rank x rank` tokens of
-knowledge (as the client sent it), capped by a saturation limit; the defaults come from
-PhoneBook on SmolLM2-135M (README, "Measured"). Documents fill the newest module until it is
-full, then open a new one; memorizing more retrains only the modules that received something.
+knowledge (as the client sent it), capped by a saturation limit. On SmolLM2-135M prose, not
+PhoneBook, sets the default: a module holds a short article as well as a topic of its own, and
+several articles in one module less (README, "Measured"). Documents fill the newest module
+until it is full, then open a new one; memorizing more retrains only the modules that received
+something.
 """
 
 from __future__ import annotations
