@@ -699,11 +699,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         SERVER_SETTINGS[name.strip().lower()] = value.strip()
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
+    # One module, however much a topic holds, unless --server-setting sets the capacity.
+    lifted = {
+        name: value
+        for name, value in (("module_tokens_per_rank", "1000000"), ("module_max_tokens", "1000000"))
+        if name not in SERVER_SETTINGS
+    }
     if "phonebook" in only:
-        # One module whatever the load: the grid measures what a single LoRA holds.
-        with loramem_server(
-            module_tokens_per_rank="1000000", module_max_tokens="1000000"
-        ) as server:
+        # The grid measures what a single LoRA holds.
+        with loramem_server(**lifted) as server:
             ranks = [int(r) for r in args.ranks.split(",")]
             results["phonebook"] = phonebook(server, args.loads.split(","), ranks)
     # Training options of the text jobs (modes, prose): one fresh server per set compared.
@@ -738,11 +742,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 key = "prose" if options == text_options[0] else f"prose {options}"
                 results[key] = prose(server, args.articles.split(","), options)
     if "prose-together" in only:
-        # One module, however much the articles hold, unless --server-setting sets the capacity.
-        lifted = {"module_tokens_per_rank": "1000000", "module_max_tokens": "1000000"}
-        with loramem_server(
-            **{name: value for name, value in lifted.items() if name not in SERVER_SETTINGS}
-        ) as server:
+        with loramem_server(**lifted) as server:
             results["prose_together"] = prose_together(
                 server, args.articles.split(","), text_options[0]
             )
