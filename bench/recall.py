@@ -380,10 +380,16 @@ def memorize_split_prose(
 ) -> tuple[dict[str, Any], list[int]]:
     """The paragraphs as the documents of topic `split-prose` (one module each, in a server
     whose module capacity is below a paragraph): the finished job, and each paragraph's module."""
-    job = server.memorize("split-prose", documents=[paragraph for _, paragraph in paragraphs])
-    documents = server.http.get("/admin/topics/split-prose").json()["documents"]
-    module_of = {d["text"]: d["module"] for d in documents}
-    return job, [module_of[paragraph] for _, paragraph in paragraphs]
+    texts = [paragraph for _, paragraph in paragraphs]
+    job = server.memorize("split-prose", documents=texts)
+    topic = server.http.get("/admin/topics/split-prose").json()
+    return job, modules_of(topic, texts)
+
+
+def modules_of(topic: dict[str, Any], texts: list[str]) -> list[int]:
+    """The module that learned each of the texts, from the topic's `/admin/topics` detail."""
+    module_of = {document["text"]: document["module"] for document in topic["documents"]}
+    return [module_of[text] for text in texts]
 
 
 def questions_by_paragraph(
@@ -454,12 +460,12 @@ def augmented_event(server: Server, job: dict[str, Any]) -> dict[str, Any]:
     return augmented
 
 
-def answers_taught(server: Server, topic: str, questions: list[tuple[str, list[str]]]) -> int:
-    """The benchmark's questions whose answer some kept trained question teaches: lora's reach."""
-    generated = server.http.get(f"/admin/topics/{topic}").json()["generated"]
+def answers_taught(topic: dict[str, Any], questions: list[tuple[str, list[str]]]) -> int:
+    """The benchmark's questions whose answer some kept trained question of the topic (its
+    `/admin/topics` detail) teaches: lora's reach."""
     taught = [
         normalize(item["answer"])
-        for item in generated
+        for item in topic["generated"]
         if item["kind"] == "qa" and item["kept"] and not item["held_out"]
     ]
     return sum(
@@ -477,7 +483,7 @@ def prose_together(server: Server, articles: list[str], options: dict[str, Any])
     Path(f"/proc/{server.pid}/clear_refs").write_text("5")
     job = server.memorize("prose-together", documents=texts, options=options)
     topic = server.http.get("/admin/topics/prose-together").json()
-    module_of = {document["text"]: document["module"] for document in topic["documents"]}
+    article_module = dict(zip(articles, modules_of(topic, texts), strict=True))
     augmented = augmented_event(server, job)
     asked = [(name, q, accepted) for name in articles for q, accepted in questions[name]]
     result: dict[str, Any] = {
@@ -491,7 +497,7 @@ def prose_together(server: Server, articles: list[str], options: dict[str, Any])
         "job_recall": job["recall"],
         "items_kept": augmented["kept"],
         "items_rejected": augmented["rejected"],
-        "answers_taught": answers_taught(server, "prose-together", [(q, a) for _, q, a in asked]),
+        "answers_taught": answers_taught(topic, [(q, a) for _, q, a in asked]),
         "peak_gib": memory_gib(server.pid)["peak_rss_gib"],
         "texts": {name: dict.fromkeys(("lora", "hybrid"), 0) for name in articles},
         # Where the articles are split into modules: how often a question's module is its article's.
@@ -505,8 +511,7 @@ def prose_together(server: Server, articles: list[str], options: dict[str, Any])
             hit = any(normalize(a) in normalize(answer) for a in accepted)
             result["texts"][name][mode] += hit
             if mode == "lora":
-                article_module = module_of[texts[articles.index(name)]]
-                result["routed_right"] += response["adapters"][0]["module"] == article_module
+                result["routed_right"] += response["adapters"][0]["module"] == article_module[name]
             result["answers"].append(
                 {"article": name, "question": question, "mode": mode, "answer": answer, "hit": hit}
             )
@@ -540,7 +545,9 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
         result["texts"][name] = {
             "words": len(text.split()),
             "questions": len(questions[name]),
-            "answers_taught": answers_taught(server, f"prose-{name}", questions[name]),
+            "answers_taught": answers_taught(
+                server.http.get(f"/admin/topics/prose-{name}").json(), questions[name]
+            ),
             "train_seconds": job["seconds"],
             "job_recall": job["recall"],
             "items_kept": augmented["kept"],
