@@ -179,6 +179,7 @@ def trained_module(path: str, sha256: str, rank: int, size_bytes: int) -> versio
         recall=1.0,
         activate=True,
         recall_trained=None,
+        steps=3,
         tokens=10,
         items=1,
         capacity_tokens=100,

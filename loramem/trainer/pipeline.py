@@ -158,8 +158,9 @@ class JobPipeline:
         """Each module trained in turn on the same base model, its adapter saved, its recall
         measured on held-out probes."""
         threshold = self._threshold(options)
-        budgets = {n: step_budget(options, s.examples) for n, s in data.sets.items()}
-        progress = _Progress(self, sum(budgets.values()))
+        progress = _Progress(
+            self, sum(step_budget(options, s.examples) for s in data.sets.values())
+        )
         trained: list[versions.TrainedModule] = []
         try:
             for number, training_set in data.sets.items():
@@ -171,7 +172,7 @@ class JobPipeline:
                     progress.on_step,
                     data.plans[number],
                 )
-                progress.done += budgets[number]
+                steps = progress.module_trained()
                 self._settle_memory(f"module {number} trained")
                 recall = training_set.recall(
                     measure_recall(peft_model, tokenizer, training_set.probes)
@@ -197,6 +198,7 @@ class JobPipeline:
                             if training_set.trained_probes
                             else None
                         ),
+                        steps=steps,
                         tokens=load.tokens,
                         items=load.items,
                         capacity_tokens=load.capacity,
@@ -274,12 +276,16 @@ class JobPipeline:
 
 class _Progress:
     """Steps of all the job's modules counted as one run: heartbeats (which renew the lease)
-    at least every second, progress events spread over the job, a stop honoured at each step."""
+    at least every second, progress events spread over the job, a stop honoured at each step.
+    The total is the modules' budgets; a module that stops early leaves the rest unspent, so
+    the count is always of steps trained."""
 
     def __init__(self, pipeline: JobPipeline, total: int) -> None:
         self.pipeline = pipeline
         self.total = total
+        # Steps trained by the job's finished modules, and by the module training now.
         self.done = 0
+        self.module_steps = 0
         self.last_beat = 0.0
         self.last_step = time.monotonic()
 
@@ -290,6 +296,7 @@ class _Progress:
         if pipeline.observe_step is not None:
             pipeline.observe_step(now - self.last_step)
         self.last_step = now
+        self.module_steps = step
         step += self.done
         event = step % max(1, self.total // PROGRESS_EVENTS_PER_JOB) == 0
         if event or step == self.total or now - self.last_beat > 1.0 or step == 1:
@@ -304,3 +311,9 @@ class _Progress:
                 event=event or step == self.total,
             )
             self.last_beat = now
+
+    def module_trained(self) -> int:
+        """The steps the module just trained took, counted into the job's."""
+        steps, self.module_steps = self.module_steps, 0
+        self.done += steps
+        return steps

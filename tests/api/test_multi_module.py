@@ -33,6 +33,11 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         events = (await client.get(f"/jobs/{first['id']}/events")).json()["events"]
         [succeeded] = [e["data"] for e in events if e["kind"] == "succeeded"]
         assert [(m["module"], m["version"]) for m in succeeded["modules"]] == [(0, 1), (1, 2)]
+        # Each module stopped once its fact was exact; the job counts the steps taken, not
+        # the budgets of the modules before the last.
+        steps = [m["steps"] for m in succeeded["modules"]]
+        assert all(0 < s < LEARN["steps"] for s in steps), steps
+        assert first["step"] == sum(steps) and first["total_steps"] == 2 * LEARN["steps"]
 
         second = await _memorize(client, FACTS[2:])
         events = (await client.get(f"/jobs/{second['id']}/events")).json()["events"]

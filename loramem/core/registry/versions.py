@@ -44,6 +44,8 @@ class TrainedModule:
     activate: bool
     # Recall on the generated questions it was trained on (None: it had none).
     recall_trained: float | None
+    # Optimizer steps it took: fewer than its budget where it stopped once learned.
+    steps: int
     tokens: int
     items: int
     capacity_tokens: int
@@ -118,6 +120,7 @@ def publish_versions(
         job.recall = recall
         job.activated = activated
         job.progress = 1.0
+        job.step = sum(r.steps for r in trained)
         job.finished_at = now
         job.locked_by = None
         job.error = note
@@ -134,6 +137,7 @@ def publish_versions(
                     "version": p.version,
                     "recall": r.recall,
                     "recall_trained": r.recall_trained,
+                    "steps": r.steps,
                     "activated": p.activated,
                 }
                 for r, p in zip(trained, published, strict=True)
