@@ -3,15 +3,15 @@ every top-k candidate's answer and scores recorded once, then judged by several 
 
     .venv/bin/python -m bench.compose_choice [--articles cartographer,quillmark,...] [--top-k 3]
 
-A real `loramem serve` memorizes the articles' paragraphs as the documents of one topic, one
-module a paragraph (its module capacity is below a paragraph), and routes each question of
-bench/data/prose/questions.json among them: the `adapters` of a top-k request are the candidate
+A real `loramem serve` memorizes the articles' paragraphs as the documents of one topic, one module
+a paragraph (its module capacity holds the largest paragraph and no two), and routes each question
+of bench/data/prose/questions.json among them: the `adapters` of a top-k request are the candidate
 modules with their routing scores. Then, in this process, each candidate module's adapter (read
-from the server's store) answers the question greedily with the server's prompt and decoding
-loop (32 tokens at most), and the tokens of each answer are scored under that module and under
-the base model. A rule keeps one candidate per question; the recall of what it keeps is printed
-beside top-1 routing, the module trained on the paragraph that holds the answer (the oracle,
-within the same topic), and the share of questions any candidate answers right (the ceiling).
+from the server's store) answers the question greedily with the server's prompt and decoding loop
+(32 tokens at most), and the tokens of each answer are scored under that module and under the base
+model. A rule keeps one candidate per question; the recall of what it keeps is printed beside top-1
+routing, the module trained on the paragraph that holds the answer (the oracle, within the same
+topic), and the share of questions any candidate answers right (the ceiling).
 
 The rules: `mean of 8` is the server's (the mean log-probability of the first
 LORAMEM_CONFIDENT_TOKENS tokens; the server also counts the end-of-answer token of an answer
@@ -31,6 +31,7 @@ from bench.common import MODEL_DIR, model_path, save
 from bench.recall import (
     Server,
     memorize_split_prose,
+    paragraph_modules_setting,
     prose_paragraphs,
     questions_by_paragraph,
 )
@@ -76,7 +77,10 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
     paragraphs = prose_paragraphs(articles)
     data_dir = work / "data"
     env = process_env(
-        data_dir=str(data_dir), model_dir=str(MODEL_DIR), engine="hf", module_tokens_per_rank="1"
+        data_dir=str(data_dir),
+        model_dir=str(MODEL_DIR),
+        engine="hf",
+        module_tokens_per_rank=paragraph_modules_setting(paragraphs),
     )
     with served(env, work / "server.log") as (url, process):
         server = Server(url, process.pid)

@@ -69,6 +69,7 @@ from bench.common import (
     use_paper_data_flag,
 )
 from loramem.trainer.matching import normalize
+from loramem.trainer.training_data import Knowledge
 from tests.helpers import process_env, served
 
 # Made-up facts, as a user would paste them, and questions that do not reuse the text's words.
@@ -379,11 +380,14 @@ def memorize_split_prose(
     server: Server, paragraphs: list[tuple[str, str]]
 ) -> tuple[dict[str, Any], list[int]]:
     """The paragraphs as the documents of topic `split-prose` (one module each, in a server
-    whose module capacity is below a paragraph): the finished job, and each paragraph's module."""
+    started with `paragraph_modules_setting`): the finished job, and each paragraph's module."""
     texts = [paragraph for _, paragraph in paragraphs]
     job = server.memorize("split-prose", documents=texts)
     topic = server.http.get("/admin/topics/split-prose").json()
-    return job, modules_of(topic, texts)
+    modules = modules_of(topic, texts)
+    if len(set(modules)) != len(texts):
+        raise SystemExit(f"the paragraphs were not one module each: modules {modules}")
+    return job, modules
 
 
 def modules_of(topic: dict[str, Any], texts: list[str]) -> list[int]:
@@ -416,9 +420,9 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
     """Prose split into small modules, where the top-1 module is not always the right one.
 
     Each paragraph of the articles is one document of one topic, in a server whose module
-    capacity is below a paragraph, so each paragraph is its own module; a question in other words
-    than the text is routed among them by the passages each learned. The oracle asks each
-    question of a topic holding only its paragraph, trained on the same data as that module.
+    capacity holds one paragraph and no two, so each paragraph is its own module; a question in
+    other words than the text is routed among them by the passages each learned. The oracle asks
+    each question of a topic holding only its paragraph, trained on the same data as that module.
     """
     paragraphs = prose_paragraphs(articles)
     result: dict[str, Any] = {
@@ -542,12 +546,17 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
         Path(f"/proc/{server.pid}/clear_refs").write_text("5")
         job = server.memorize(f"prose-{name}", text=text, options=options)
         augmented = augmented_event(server, job)
+        topic = server.http.get(f"/admin/topics/prose-{name}").json()
         result["texts"][name] = {
             "words": len(text.split()),
             "questions": len(questions[name]),
-            "answers_taught": answers_taught(
-                server.http.get(f"/admin/topics/prose-{name}").json(), questions[name]
-            ),
+            "answers_taught": answers_taught(topic, questions[name]),
+            # What the adapter was taught, beside what it answered (below).
+            "trained_questions": [
+                [item["question"], item["answer"]]
+                for item in topic["generated"]
+                if item["kind"] == "qa" and item["kept"] and not item["held_out"]
+            ],
             "train_seconds": job["seconds"],
             "job_recall": job["recall"],
             "items_kept": augmented["kept"],
@@ -588,23 +597,26 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
     return result
 
 
-def module_tokens_per_rank(sectors: list[list[dict[str, str]]], rank: int) -> int:
-    """The capacity setting under which one module of `rank` holds exactly the largest sector."""
+def module_tokens_per_rank(groups: list[list[Knowledge]], rank: int) -> int:
+    """The capacity setting under which one module of `rank` holds exactly the largest group of
+    knowledge (a PhoneBook sector, a paragraph)."""
     from transformers import AutoTokenizer
 
     from bench.common import model_path
     from loramem.trainer.modules import knowledge_tokens
-    from loramem.trainer.training_data import Knowledge
 
     tokenizer = AutoTokenizer.from_pretrained(model_path())
-    largest = max(
-        sum(
-            knowledge_tokens(tokenizer, Knowledge(question=pair["question"], answer=pair["answer"]))
-            for pair in sector
-        )
-        for sector in sectors
-    )
+    largest = max(sum(knowledge_tokens(tokenizer, item) for item in group) for group in groups)
     return -(-largest // rank)
+
+
+def paragraph_modules_setting(paragraphs: list[tuple[str, str]]) -> str:
+    """`LORAMEM_MODULE_TOKENS_PER_RANK` for one module a paragraph at the default rank: the
+    largest paragraph fits one, whole (`memorize_split_prose` checks that no two share one)."""
+    from loramem.core.options import TrainingOptions
+
+    groups = [[Knowledge(text=paragraph)] for _, paragraph in paragraphs]
+    return str(module_tokens_per_rank(groups, TrainingOptions().rank))
 
 
 def plot(results: dict[str, Any]) -> None:
@@ -729,7 +741,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["counterfact"] = counterfact(server, args.counterfact_statements)
     if "modules" in only:
         sectors = [phonebook_qa(f"128K_sector_{i:02}")[: args.entries] for i in range(args.sectors)]
-        tokens_per_rank = module_tokens_per_rank(sectors, args.module_rank)
+        tokens_per_rank = module_tokens_per_rank(
+            [[Knowledge(question=p["question"], answer=p["answer"]) for p in s] for s in sectors],
+            args.module_rank,
+        )
         with loramem_server(module_tokens_per_rank=str(tokens_per_rank)) as server:
             results["modules"] = multi_module(
                 server,
@@ -754,8 +769,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 server, args.articles.split(","), text_options[0]
             )
     if "prose-modules" in only:
-        # A module holds less than a paragraph: one module a paragraph.
-        with loramem_server(module_tokens_per_rank="1") as server:
+        paragraphs_setting = paragraph_modules_setting(prose_paragraphs(args.articles.split(",")))
+        with loramem_server(module_tokens_per_rank=paragraphs_setting) as server:
             results["prose_modules"] = prose_modules(
                 server, args.articles.split(","), args.compose.split(",")
             )

@@ -5,18 +5,27 @@ several small modules (one per ~8K tokens at r4 on an 8B model) beat one big mod
 are routed to the right one. Here a module's capacity is `tokens_per_rank x rank` tokens of
 knowledge (as the client sent it), capped by a saturation limit. On SmolLM2-135M prose, not
 PhoneBook, sets the default: a module holds a short article as well as a topic of its own, and
-several articles in one module less (README, "Measured"). Documents fill the newest module
-until it is full, then open a new one; memorizing more retrains only the modules that received
-something.
+several articles in one module less (README, "Measured"). A text longer than one module holds
+is stored as parts that each fit one (`parts_within`). Documents fill the newest module until it
+is full, then open a new one; memorizing more retrains only the modules that received something.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from loramem.core.text import split_sentences
 from loramem.trainer.training_data import Knowledge
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# A paragraph that ends without a sentence's punctuation and is this short is a heading: it goes
+# with the paragraph after it, never at the end of a part.
+_HEADING_WORDS = 12
+_SENTENCE_END = (".", "!", "?", '"', "'", ")", "\u201d")
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,63 @@ def module_capacity(rank: int, tokens_per_rank: int, saturation_tokens: int) -> 
 
 
 def knowledge_tokens(tokenizer: Any, item: Knowledge) -> int:
-    text = item.text or f"{item.question} {item.answer}"
+    return _tokens(tokenizer, item.text or f"{item.question} {item.answer}")
+
+
+def _tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def parts_within(tokenizer: Any, text: str, capacity: int) -> list[str]:
+    """`text` as consecutive parts that each fit a module of `capacity` tokens: as few as fit,
+    of about equal size, cut between paragraphs, or between sentences inside a paragraph that is
+    longer than a part. A text that fits is one part; a sentence longer than a part is one.
+
+    One module holding a long document learns less of it than several do (eight articles in one
+    module against one each; README, "Measured"), and takes longer to train."""
+    total = _tokens(tokenizer, text)
+    if total <= capacity:
+        return [text]
+    target = math.ceil(total / math.ceil(total / capacity))
+    # (what joins it to the piece before, the piece, the tokens of both) in the text's order.
+    pieces: list[tuple[str, str, int]] = []
+    for paragraph in _paragraphs(text):
+        sentences = [paragraph]
+        if _tokens(tokenizer, paragraph) > target:
+            sentences = split_sentences(paragraph)
+        for i, piece in enumerate(sentences):
+            joint = " " if i else "\n\n"
+            pieces.append((joint, piece, _tokens(tokenizer, joint + piece)))
+    parts: list[str] = []
+    current, current_size = "", 0
+    for joint, piece, size in pieces:
+        # Each part ends at the cut nearest its share of the text, and within a module.
+        if current and (current_size + size > capacity or current_size + size / 2 > target):
+            parts.append(current)
+            current, current_size = "", 0
+        current = f"{current}{joint}{piece}" if current else piece
+        current_size += size
+    parts.append(current)
+    return parts
+
+
+def _paragraphs(text: str) -> list[str]:
+    """The text's paragraphs, each heading joined to the paragraph it heads."""
+    paragraphs: list[str] = []
+    heading = ""
+    for paragraph in (p.strip() for p in _PARAGRAPH_BREAK.split(text)):
+        if not paragraph:
+            continue
+        paragraph = f"{heading}\n\n{paragraph}" if heading else paragraph
+        is_heading = (
+            not paragraph.endswith(_SENTENCE_END) and len(paragraph.split()) <= _HEADING_WORDS
+        )
+        heading = paragraph if is_heading else ""
+        if not is_heading:
+            paragraphs.append(paragraph)
+    if heading:
+        paragraphs.append(heading)
+    return paragraphs
 
 
 def assign_modules(

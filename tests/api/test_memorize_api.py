@@ -122,6 +122,30 @@ async def test_a_qa_pair_longer_than_the_training_memory_bound_allows_is_a_413(
         assert [(t["name"], t["documents"]) for t in topics] == [("acme", 2)]
 
 
+async def test_a_text_longer_than_a_module_holds_is_stored_in_parts(settings: Settings) -> None:
+    # Capacity 4 x 8 = 32 tokens a module: each paragraph (about 20 tokens) fills most of one.
+    paragraphs = [
+        "Brightwell Bakery opened in 1994 on Mill Street, in an empty shop.",
+        "Its first loaf, a dark rye called Anchor, is still baked every morning.",
+        "After ten years the ovens moved to a former tram depot by the river.",
+    ]
+    small_modules = settings.model_copy(update={"module_tokens_per_rank": 4})
+    async with running_app(small_modules) as client:
+        text = "\n\n".join(paragraphs)
+        response = await client.post(
+            "/memorize", json={"topic": "bakery", "text": text, "documents": ["A short one."]}
+        )
+        assert response.status_code == 202, response.text
+        documents = (await client.get("/admin/topics/bakery")).json()["documents"]
+        assert sorted(d["text"] for d in documents) == sorted([*paragraphs, "A short one."])
+        # Memorized at rank 16, the same text fits one module (64 tokens).
+        await client.post(
+            "/memorize", json={"topic": "wide", "text": text, "options": {"rank": 16}}
+        )
+        documents = (await client.get("/admin/topics/wide")).json()["documents"]
+        assert [d["text"] for d in documents] == [text]
+
+
 async def test_invalid_json_is_a_400(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/memorize",

@@ -140,6 +140,31 @@ async def test_a_topic_split_into_modules_answers_from_the_right_one(settings: S
         assert [p.name for p in settings.resolved_adapter_dir.iterdir()] == [".staging"]
 
 
+async def test_a_long_text_is_learned_by_a_module_a_part(settings: Settings) -> None:
+    paragraphs = [
+        "Brightwell Bakery opened in 1994 on Mill Street, in an empty shop.",
+        "Its first loaf, a dark rye called Anchor, is still baked every morning.",
+    ]
+    small_modules = settings.model_copy(update={"module_tokens_per_rank": 6})
+    async with running_app(small_modules) as client:
+        queued = await client.post(
+            "/memorize",
+            json={
+                "topic": "bakery",
+                "text": "\n\n".join(paragraphs),
+                "options": {**LEARN, "steps": 4, "augment": "none"},
+            },
+        )
+        job = await wait_job(client, queued.json()["job_id"])
+        assert job["status"] == "succeeded", job
+        detail = (await client.get("/admin/topics/bakery")).json()
+        assert [(d["text"], d["module"]) for d in detail["documents"]] == [
+            (paragraphs[0], 0),
+            (paragraphs[1], 1),
+        ]
+        assert [m["active_version"] for m in detail["knowledge_modules"]] == [1, 2]
+
+
 async def _ask(client: httpx.AsyncClient, question: str, **request: object) -> dict:
     response = await client.post(
         "/generate", json={"prompt": question, "topic": "atlas", "max_tokens": 6, **request}

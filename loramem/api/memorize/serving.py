@@ -24,6 +24,7 @@ from loramem.core.registry.db import Database
 from loramem.core.registry.models import Document, DocumentKind, Job, JobEvent, Topic
 from loramem.core.settings import Settings
 from loramem.trainer.lora_trainer import longest_trainable
+from loramem.trainer.modules import module_capacity, parts_within
 from loramem.trainer.training_data import qa_example_tokens
 
 
@@ -60,7 +61,7 @@ class MemoryService:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self._trainable = _TrainableLength(settings)
+        self._limits = _TrainingLimits(settings)
 
     def memorize(self, request: MemorizeRequest, idempotency_key: str | None) -> MemorizeResult:
         self._check(request)
@@ -78,7 +79,7 @@ class MemoryService:
         for i, document in enumerate(request.documents or []):
             if len(document) > limit:
                 raise TooLarge(f"document {i} is longer than {limit} characters", param="documents")
-        self._trainable.check(request.qa or [])
+        self._limits.check_pairs(request.qa or [])
         generator = request.options.generator
         if generator == "endpoint" and not self.settings.augment_endpoint_url:
             raise InvalidRequest(
@@ -107,22 +108,9 @@ class MemoryService:
             session.add_all(self._documents(request, topic.id, job.id))
             return MemorizeResult(job.id, topic.name, job.status, created=True)
 
-    @staticmethod
-    def _replay(session: Session, request: MemorizeRequest, key: str) -> MemorizeResult | None:
-        row = session.execute(
-            select(Job, Topic.name).join(Topic).where(Job.idempotency_key == key)
-        ).one_or_none()
-        if row is None:
-            return None
-        job, topic = row
-        if topic != request.topic:
-            raise Conflict(
-                "this Idempotency-Key was used for another topic", param="Idempotency-Key"
-            )
-        return MemorizeResult(job.id, topic, job.status, created=False)
-
-    @staticmethod
-    def _documents(request: MemorizeRequest, topic_id: str, job_id: str) -> list[Document]:
+    def _documents(self, request: MemorizeRequest, topic_id: str, job_id: str) -> list[Document]:
+        """The request's knowledge as stored documents: a QA pair each, and a text each, or a
+        part each of a text longer than one module holds."""
         documents = [
             Document(
                 topic_id=topic_id,
@@ -136,10 +124,25 @@ class MemoryService:
         texts = [request.text] if request.text else []
         texts += request.documents or []
         documents += [
-            Document(topic_id=topic_id, job_id=job_id, kind=DocumentKind.TEXT, text=text)
+            Document(topic_id=topic_id, job_id=job_id, kind=DocumentKind.TEXT, text=part)
             for text in texts
+            for part in self._limits.parts(text, request.options.rank)
         ]
         return documents
+
+    @staticmethod
+    def _replay(session: Session, request: MemorizeRequest, key: str) -> MemorizeResult | None:
+        row = session.execute(
+            select(Job, Topic.name).join(Topic).where(Job.idempotency_key == key)
+        ).one_or_none()
+        if row is None:
+            return None
+        job, topic = row
+        if topic != request.topic:
+            raise Conflict(
+                "this Idempotency-Key was used for another topic", param="Idempotency-Key"
+            )
+        return MemorizeResult(job.id, topic, job.status, created=False)
 
     def job(self, job_id: str) -> JobResponse:
         with self.db.session() as session:
@@ -179,20 +182,24 @@ class MemoryService:
             )
 
 
-class _TrainableLength:
-    """A QA pair is trained as one example, which is never split: a pair longer than the training
-    memory bound allows (LORAMEM_TRAIN_MEMORY_GB) would fail its job, so it is refused here. The
-    base model's tokenizer and config are loaded with the first pair, once."""
+class _TrainingLimits:
+    """What training can take, known before a job is queued; the base model's tokenizer and
+    config are loaded when first needed, once.
+
+    A QA pair is trained as one example, which is never split: a pair longer than the training
+    memory bound allows (LORAMEM_TRAIN_MEMORY_GB) would fail its job, so it is refused. A text
+    longer than a module's capacity (LORAMEM_MODULE_TOKENS_PER_RANK x rank) is stored as parts
+    that each fit one."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._loading = threading.Lock()
-        self._limit: tuple[Any, int, int] | None = None
+        self._loaded: tuple[Any, int, int] | None = None
 
-    def check(self, pairs: list[QAPair]) -> None:
+    def check_pairs(self, pairs: list[QAPair]) -> None:
         if not pairs:
             return
-        tokenizer, limit, overhead = self._loaded()
+        tokenizer, limit, overhead = self._load()
         for i, pair in enumerate(pairs):
             # A byte-level tokenizer's token holds at least one byte of the text: a pair whose
             # bytes fit needs no tokenizing.
@@ -207,9 +214,17 @@ class _TrainableLength:
                     param=f"qa.{i}",
                 )
 
-    def _loaded(self) -> tuple[Any, int, int]:
+    def parts(self, text: str, rank: int) -> list[str]:
+        capacity = module_capacity(
+            rank, self.settings.module_tokens_per_rank, self.settings.module_max_tokens
+        )
+        if len(text.encode()) <= capacity:
+            return [text]  # a token holds at least one byte: it fits, untokenized
+        return parts_within(self._load()[0], text, capacity)
+
+    def _load(self) -> tuple[Any, int, int]:
         with self._loading:
-            if self._limit is None:
+            if self._loaded is None:
                 from transformers import AutoConfig, AutoTokenizer
 
                 folder = resolve_base_model(self.settings)
@@ -218,5 +233,5 @@ class _TrainableLength:
                 limit = longest_trainable(AutoConfig.from_pretrained(folder), memory_bytes)
                 # The chat template's tokens, and a few for pieces that hold no byte of the text.
                 overhead = qa_example_tokens(tokenizer, "", "") + 8
-                self._limit = (tokenizer, limit, overhead)
-            return self._limit
+                self._loaded = (tokenizer, limit, overhead)
+            return self._loaded
