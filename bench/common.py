@@ -30,6 +30,8 @@ PROSE = Path(__file__).parent / "data" / "prose"
 PAPER_DATA_VARIABLE = "LORAMEM_BENCH_PAPER_DATA"
 DEFAULT_PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper"
 MODEL_DIR = Path("data/models").resolve()  # the converted default model, shared with `make run`
+# Server settings under which a topic's knowledge, however much, is one module.
+ONE_MODULE = {"module_tokens_per_rank": 10**6, "module_max_tokens": 10**6}
 QUESTIONS = [
     "What is the capital of France?",
     "Name three colors of the rainbow.",

@@ -58,6 +58,7 @@ import httpx
 
 from bench.common import (
     MODEL_DIR,
+    ONE_MODULE,
     PROSE,
     RESULTS,
     add_paper_data_flag,
@@ -719,11 +720,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
     # One module, however much a topic holds, unless --server-setting sets the capacity.
-    lifted = {
-        name: value
-        for name, value in (("module_tokens_per_rank", "1000000"), ("module_max_tokens", "1000000"))
-        if name not in SERVER_SETTINGS
-    }
+    lifted = {name: str(value) for name, value in ONE_MODULE.items() if name not in SERVER_SETTINGS}
     if "phonebook" in only:
         # The grid measures what a single LoRA holds.
         with loramem_server(**lifted) as server:

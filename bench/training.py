@@ -37,6 +37,7 @@ from typing import Any
 
 from bench.common import (
     MODEL_DIR,
+    ONE_MODULE,
     PROSE,
     add_paper_data_flag,
     digits_match,
@@ -183,9 +184,7 @@ def trainer(knowledge: dict[str, Any], one_module: bool = False) -> dict[str, An
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), model_dir=MODEL_DIR)
         if one_module:
-            settings = settings.model_copy(
-                update={"module_tokens_per_rank": 10**6, "module_max_tokens": 10**6}
-            )
+            settings = settings.model_copy(update=ONE_MODULE)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         try:
