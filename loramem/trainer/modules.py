@@ -70,12 +70,13 @@ def parts_within(tokenizer: Any, text: str, capacity: int) -> list[str]:
     # (what joins it to the piece before, the piece, the tokens of both) in the text's order.
     pieces: list[tuple[str, str, int]] = []
     for paragraph in _paragraphs(text):
-        sentences = [paragraph]
-        if _tokens(tokenizer, paragraph) > target:
-            sentences = split_sentences(paragraph)
-        for i, piece in enumerate(sentences):
+        size = _tokens(tokenizer, "\n\n" + paragraph)
+        if size <= target:
+            pieces.append(("\n\n", paragraph, size))
+            continue
+        for i, sentence in enumerate(split_sentences(paragraph)):
             joint = " " if i else "\n\n"
-            pieces.append((joint, piece, _tokens(tokenizer, joint + piece)))
+            pieces.append((joint, sentence, _tokens(tokenizer, joint + sentence)))
     parts: list[str] = []
     current, current_size = "", 0
     for joint, piece, size in pieces:
