@@ -113,10 +113,23 @@ class _Referents:
             return None if self.thing in self.gendered.values() else self.thing
         return None
 
+    # The people named so far, by their full names.
+    people: set[str] = field(default_factory=set)
+
+    def is_person(self, entity: Any) -> bool:
+        """Whether a name stands for a person: a person named before, by the same name or by the
+        last word of it ("Lindqvist", after "Hedda Lindqvist", whatever the parser calls it),
+        or what the parser calls a person, unless it is where something is ("grew up on the
+        largest of the islands, Skarholm": the small pipeline tags many made-up names PERSON)."""
+        if any(entity.text in (person, person.split()[-1]) for person in self.people):
+            return True
+        return entity.label_ == "PERSON" and not _is_place(entity)
+
     def note(self, entity: Any, description: Any | None = None) -> None:
         name = entity.text
-        if entity.label_ == "PERSON":
+        if self.is_person(entity):
             self.person = name
+            self.people.add(name)
         # "It" is taken to mean the text's first subject, what an article is about: the small
         # pipeline often calls a company or a place a person, and a later subject is as often
         # a part of the topic as a new one.
@@ -186,6 +199,15 @@ def _named_apposition(head: Any) -> Any | None:
                 if entity is not None and entity.label_ in _NAMED_ENTITIES:
                     return entity
     return None
+
+
+def _is_place(entity: Any) -> bool:
+    """Whether a name stands where a place does: the object of "in", "on", "at"..., or in
+    apposition to one."""
+    phrase = entity.root.head if entity.root.dep_ == "appos" else entity.root
+    while phrase.dep_ == "pobj" and phrase.head.lower_ == "of":
+        phrase = phrase.head.head  # "the largest of the islands"
+    return phrase.dep_ == "pobj" and phrase.head.lower_ in _PLACE_PREPOSITIONS - {"to"}
 
 
 def _name_of(token: Any) -> Any | None:
@@ -264,31 +286,45 @@ class _Reader:
 
     def learn_names(self, sentence: Any) -> None:
         """Binds "he" or "she" to the person this sentence is about, when it says which."""
+        self.referents.people.update(
+            e.text for e in sentence.ents if e.label_ == "PERSON" and not _is_place(e)
+        )
+        named = self._subject_name(sentence)
+        if named is None:
+            return
+        for token in sentence[named.end - sentence.start :]:
+            other = _name_of(token)
+            if other is not None and other != named and self.referents.is_person(other):
+                return  # another person: the pronoun may be theirs
+            if token.pos_ == "PRON" and token.lower_ in _GENDER:
+                self.referents.gendered[_GENDER[token.lower_]] = named.text
+                self.referents.people.add(named.text)
+                return
+
+    def _subject_name(self, sentence: Any) -> Any | None:
+        """The person that is the sentence's first subject, if it names one."""
         subjects = [t for t in sentence if t.dep_ in ("nsubj", "nsubjpass")]
         if not subjects:
-            return
+            return None
         # "A local boatbuilder, Tomas Reyd, left": the parser's two subjects are one.
         first = subjects[0]
-        named = _name_of(first) or _named_apposition(first)
+        named = _name_of(first) or _proper_phrase(first) or _named_apposition(first)
         if named is None:
             named = next(
                 (_name_of(s) for s in subjects if s.head == first.head and _name_of(s)), None
             )
-        if named is None or named.label_ != "PERSON":
-            return
-        for token in sentence[named.end - sentence.start :]:
-            other = _name_of(token)
-            if other is not None and other != named and other.label_ == "PERSON":
-                return  # another person: the pronoun may be theirs
-            if token.pos_ == "PRON" and token.lower_ in _GENDER:
-                self.referents.gendered[_GENDER[token.lower_]] = named.text
-                return
+        return named if named is not None and self.referents.is_person(named) else None
 
     def _remember(self, sentence: Any) -> None:
         for token in sentence:
             if token.dep_ not in ("nsubj", "nsubjpass"):
                 continue
             entity = _name_of(token) or _proper_phrase(token)
+            if entity is None and (named := _named_apposition(token)) is not None:
+                # "Her successor, Dr. Amaru Feld, grew up": the name is who the subject is, and
+                # what "the successor" means from here on.
+                self.referents.note(named, token)
+                continue
             if entity is None and self.referents.thing is None:
                 entity = _defined_phrase(token)
             if entity is None or entity.root != token or entity.label_ in _COUNTS | _TIMES:
