@@ -136,6 +136,33 @@ def test_examples_that_share_a_passage_share_a_row() -> None:
     assert shared_rows([0, 1], [same, same], 1 << 20) == [Row((0, 1), 49)]
 
 
+def test_questions_that_share_only_an_opening_share_a_row_beside_the_passages() -> None:
+    opening = list(range(1, 9))  # the chat template's first tokens, before every question
+    rng = random.Random(3)
+    questions = []
+    for _ in range(4):
+        question = [rng.randrange(10, 1000) for _ in range(rng.randint(10, 16))]
+        answer = [rng.randrange(10, 1000) for _ in range(3)]
+        ids = opening + question + answer
+        questions.append(TrainingExample(ids, [IGNORE_INDEX] * (len(ids) - 3) + answer))
+    examples = _sharing_a_passage(passages=2, questions=2, seed=4) + questions
+    examples += [TrainingExample(opening + [7] * 40, opening + [7] * 40)]  # labelled throughout
+    rows = shared_rows(range(len(examples)), examples, max_tokens=1 << 20)
+    # The passages' questions keep a passage a row; the other questions share their opening;
+    # an example labelled from its start has nothing to share.
+    assert sorted(rows, key=lambda row: row.members) == [
+        Row((0, 1), 150),
+        Row((2, 3), 150),
+        Row((4, 5, 6, 7), 8),
+        Row((8,)),
+    ]
+    # A passage's question alone in its batch has nothing in common with the others here.
+    assert sorted(shared_rows([0, 4, 5], examples, 1 << 20), key=lambda row: row.members) == [
+        Row((0,)),
+        Row((4, 5), 8),
+    ]
+
+
 def test_a_pass_computes_each_passage_about_once_per_batch() -> None:
     # 12 passages of 150 tokens with 6 questions each, beside 60 short QA pairs.
     examples = _sharing_a_passage(passages=12, questions=6) + _examples([30] * 60, seed=2)
