@@ -99,6 +99,8 @@ class _Referents:
     thing: str | None = None
     # "company" -> "Kelda Looms", from "Kelda Looms is a weaving company" or "X, a company,".
     descriptions: dict[str, str] = field(default_factory=dict)
+    # The people named so far, by their full names.
+    people: set[str] = field(default_factory=set)
 
     def pronoun(self, word: str) -> str | None:
         lower = word.lower()
@@ -112,9 +114,6 @@ class _Referents:
         if lower in _NEUTER:
             return None if self.thing in self.gendered.values() else self.thing
         return None
-
-    # The people named so far, by their full names.
-    people: set[str] = field(default_factory=set)
 
     def is_person(self, entity: Any) -> bool:
         """Whether a name stands for a person: a person named before, by the same name or by the
