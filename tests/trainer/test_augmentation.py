@@ -102,7 +102,8 @@ FERRY = (
     "The Norrby ferry was run for thirty years by Greta Brandt. Her nephew, Dr. Anton Vik, grew "
     "up on the smallest of the islands, Brennick, and he was the first of his family to leave "
     "it. He has since opened a boatyard on the quay. Brandt retired in 2009, and she still lives "
-    "above the ticket office. Her cat sleeps on the counter."
+    "above the ticket office. Her cat sleeps on the counter. The nephew repairs her nets every "
+    "winter."
 )
 
 
@@ -114,6 +115,8 @@ def test_rules_resolve_pronouns_past_a_place_taken_for_a_person() -> None:
         # "Brandt" alone is Greta Brandt, so "she" and "her" are too.
         ("Where does Brandt still live?", "the ticket office"),
         ("Brandt's cat sleeps on what?", "the counter"),
+        # "Her nephew, Dr. Anton Vik," named the nephew.
+        ("What does Anton Vik repair every winter?", "her nets"),
     } <= trained
     assert not [q for q, _ in trained if "Brennick" in q and "open" in q]
 

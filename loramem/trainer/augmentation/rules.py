@@ -99,7 +99,7 @@ class _Referents:
     thing: str | None = None
     # "company" -> "Kelda Looms", from "Kelda Looms is a weaving company" or "X, a company,".
     descriptions: dict[str, str] = field(default_factory=dict)
-    # The people named so far, by their full names.
+    # The names the parser tagged PERSON so far (not those where something is; see `is_person`).
     people: set[str] = field(default_factory=set)
 
     def pronoun(self, word: str) -> str | None:
@@ -128,7 +128,6 @@ class _Referents:
         name = entity.text
         if self.is_person(entity):
             self.person = name
-            self.people.add(name)
         # "It" is taken to mean the text's first subject, what an article is about: the small
         # pipeline often calls a company or a place a person, and a later subject is as often
         # a part of the topic as a new one.
@@ -297,7 +296,6 @@ class _Reader:
                 return  # another person: the pronoun may be theirs
             if token.pos_ == "PRON" and token.lower_ in _GENDER:
                 self.referents.gendered[_GENDER[token.lower_]] = named.text
-                self.referents.people.add(named.text)
                 return
 
     def _subject_name(self, sentence: Any) -> Any | None:
