@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import MODEL_DIR, model_path, save
 from bench.recall import (
+    SPLIT_PROSE_TOPIC,
     Server,
     memorize_split_prose,
     paragraph_modules_setting,
@@ -59,6 +60,14 @@ RULES: dict[str, Rule] = {
     "sum of 8 + routing score / 0.1": lambda c: (
         sum(c["logprobs"][:DECIDING_TOKENS]) + c["routing"] / 0.1
     ),
+    # The routing score again, of the question followed by the candidate's first tokens: a module
+    # whose passages hold the answer it starts matches better than one that says something else.
+    "routing of the question + the first 8": lambda c: c["answer_routing"],
+    "mean of 8 + routing of the question + the first 8": lambda c: (
+        _mean(c["logprobs"][:DECIDING_TOKENS]) + c["answer_routing"]
+    ),
+    # What the first tokens add to the module's match.
+    "routing gained by the first 8": lambda c: c["answer_routing"] - c["routing"],
     # How much more likely the module makes its answer than the base model does.
     "mean of 8 against the base model": lambda c: _mean(
         [m - b for m, b in zip(c["logprobs"], c["base_logprobs"], strict=True)][:DECIDING_TOKENS]
@@ -73,6 +82,9 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
 
     from loramem.core.registry.db import Database
     from loramem.core.registry.models import AdapterVersion, Module
+    from loramem.serving.retrieval import KnowledgeIndex
+    from loramem.serving.retrieval.refresh import load_passages
+    from loramem.serving.retrieval.scorers import create_scorer
 
     paragraphs = prose_paragraphs(articles)
     data_dir = work / "data"
@@ -88,7 +100,7 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
         print(f"split topic: {len(paragraphs)} paragraphs trained in {job['seconds']:.0f} s")
         questions = []
         for question, accepted, paragraph in questions_by_paragraph(articles, paragraphs):
-            routed = server.ask(question, "split-prose", "lora", 1, top_k=top_k)["adapters"]
+            routed = server.ask(question, SPLIT_PROSE_TOPIC, "lora", 1, top_k=top_k)["adapters"]
             questions.append(
                 {
                     "question": question,
@@ -113,7 +125,14 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
                 )
             )
         }
-    return {"questions": questions, "adapter_folders": folders, "train_seconds": job["seconds"]}
+        index = KnowledgeIndex(create_scorer("auto"))
+        index.replace(load_passages(database))
+    return {
+        "questions": questions,
+        "adapter_folders": folders,
+        "train_seconds": job["seconds"],
+        "index": index,
+    }
 
 
 def answer_with_each_module(routed: dict[str, Any]) -> None:
@@ -129,6 +148,7 @@ def answer_with_each_module(routed: dict[str, Any]) -> None:
 
     model, tokenizer = load_causal_lm(model_path())
     folders = routed["adapter_folders"]
+    index = routed["index"]
     first, *rest = sorted(folders)
     peft = PeftModel.from_pretrained(model, folders[first], adapter_name=str(first))
     for module in rest:
@@ -155,6 +175,11 @@ def answer_with_each_module(routed: dict[str, Any]) -> None:
             candidate["answer"] = row.text
             candidate["right"] = any(normalize(a) in normalize(row.text) for a in asked["accepted"])
             candidate["logprobs"] = token_logprobs(prompt, row.generated)
+            opening = tokenizer.decode(row.generated[:DECIDING_TOKENS], skip_special_tokens=True)
+            with_answer = dict(
+                index.rank_modules(f"{asked['question']} {opening}", SPLIT_PROSE_TOPIC)
+            )
+            candidate["answer_routing"] = with_answer.get(candidate["module"], 0.0)
             with peft.disable_adapter():
                 candidate["base_logprobs"] = token_logprobs(prompt, row.generated)
             if candidate["module"] == asked["own_module"]:

@@ -107,6 +107,8 @@ FACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 UNRELATED = ["How do volcanoes form?", "What is the boiling point of water?", "Who wrote Hamlet?"]
 
 
+# The topic whose documents are the paragraphs of prose articles, a module each.
+SPLIT_PROSE_TOPIC = "split-prose"
 PROSE_MODES = ("base", "rag", "lora", "hybrid", "auto")
 
 
@@ -380,11 +382,11 @@ def prose_paragraphs(articles: list[str]) -> list[tuple[str, str]]:
 def memorize_split_prose(
     server: Server, paragraphs: list[tuple[str, str]]
 ) -> tuple[dict[str, Any], list[int]]:
-    """The paragraphs as the documents of topic `split-prose` (one module each, in a server
+    """The paragraphs as the documents of topic SPLIT_PROSE_TOPIC (one module each, in a server
     started with `paragraph_modules_setting`): the finished job, and each paragraph's module."""
     texts = [paragraph for _, paragraph in paragraphs]
-    job = server.memorize("split-prose", documents=texts)
-    topic = server.http.get("/admin/topics/split-prose").json()
+    job = server.memorize(SPLIT_PROSE_TOPIC, documents=texts)
+    topic = server.http.get(f"/admin/topics/{SPLIT_PROSE_TOPIC}").json()
     modules = modules_of(topic, texts)
     if any(len(m) != 1 for m in modules) or len(set().union(*modules)) != len(texts):
         raise SystemExit(f"the paragraphs were not one module each: modules {modules}")
@@ -440,7 +442,7 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
             f"paragraph-{i}", text=paragraph
         )["seconds"]
     job, modules = memorize_split_prose(server, paragraphs)
-    result["train_seconds"]["split-prose"] = job["seconds"]
+    result["train_seconds"][SPLIT_PROSE_TOPIC] = job["seconds"]
     asked_questions = questions_by_paragraph(articles, paragraphs)
     result["questions"] = len(asked_questions)
 
@@ -457,7 +459,7 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
 
     recall("oracle", lambda paragraph: f"paragraph-{paragraph}")
     for name, request in composed_ways(methods):
-        recall(name, lambda paragraph: "split-prose", **request)
+        recall(name, lambda paragraph: SPLIT_PROSE_TOPIC, **request)
     return result
 
 
