@@ -112,10 +112,20 @@ SPLIT_PROSE_TOPIC = "split-prose"
 PROSE_MODES = ("base", "rag", "lora", "hybrid", "auto")
 
 
+def prose_modes(top_k: int) -> tuple[str, ...]:
+    """PROSE_MODES, and past top-1 the adapter's modes again with `top_k` modules composed (a text
+    stored in parts has a module each)."""
+    if top_k <= 1:
+        return PROSE_MODES
+    return (*PROSE_MODES, f"lora top-{top_k}", f"hybrid top-{top_k}")
+
+
 def ask_prose(server: Server, question: str, article: str, mode: str) -> dict[str, Any]:
-    """A prose benchmark's question about `article`, asked in one of PROSE_MODES."""
+    """A prose benchmark's question about `article`, asked in one of `prose_modes`."""
+    mode, _, top_k = mode.partition(" top-")
     topic = None if mode == "base" else "auto" if mode == "auto" else f"prose-{article}"
-    return server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32)
+    composed = {"top_k": int(top_k)} if top_k else {}
+    return server.ask(question, topic, "auto" if mode == "auto" else mode, tokens=32, **composed)
 
 
 class Server:
@@ -300,17 +310,28 @@ class Asked:
         print(f"{name:32}: recall {result[name]:.1%}, {self.seconds / self.asked:.2f} s a request")
 
 
-def composed_ways(methods: list[str], top_ks: tuple[int, ...] = (2, 3)) -> list[tuple[str, Any]]:
+def composed_ways(
+    methods: list[str], deciding: list[int | None], top_ks: tuple[int, ...] = (2, 3)
+) -> list[tuple[str, Any]]:
     """Top-1, then each top-k with each composition method: (name, request fields). Composing
-    by confidence is asked both ways: the surest after the server's deciding tokens going on
-    alone, and every candidate finishing its answer (`confident_tokens: 0`)."""
+    by confidence is asked once per count of deciding tokens (`confident_tokens`; None: the
+    server's setting, 0: every candidate finishes its answer)."""
     ways: list[tuple[str, Any]] = [("top-1", {"top_k": 1})]
     for k in top_ks:
         for method in methods:
-            ways.append((f"top-{k} {method}", {"top_k": k, "compose": method}))
-            if method == "confident":
-                whole = {"top_k": k, "compose": method, "confident_tokens": 0}
-                ways.append((f"top-{k} {method}, whole answers", whole))
+            if method != "confident":
+                ways.append((f"top-{k} {method}", {"top_k": k, "compose": method}))
+                continue
+            for tokens in deciding:
+                request = {"top_k": k, "compose": method}
+                name = f"top-{k} {method}"
+                if tokens == 0:
+                    name += ", whole answers"
+                if tokens:
+                    name += f", deciding after {tokens} tokens"
+                if tokens is not None:
+                    request["confident_tokens"] = tokens
+                ways.append((name, request))
     return ways
 
 
@@ -320,6 +341,7 @@ def multi_module(
     rank: int,
     parts: set[str],
     methods: list[str],
+    deciding: list[int | None],
 ) -> dict[str, Any]:
     everything = [pair for sector in sectors for pair in sector]
     owner = {pair["question"]: f"sector-{i}" for i, sector in enumerate(sectors) for pair in sector}
@@ -361,7 +383,7 @@ def multi_module(
         result["modules_of_split_topic"] = len(
             server.http.get("/admin/topics/sectors").json()["knowledge_modules"]
         )
-        for name, request in composed_ways(methods):
+        for name, request in composed_ways(methods, deciding):
             recall(f"split topic, {name}", lambda question: "sectors", **request)
     if "single" in parts:
         train("one-module", everything, rank * len(sectors))
@@ -422,7 +444,9 @@ def questions_by_paragraph(
     return asked
 
 
-def prose_modules(server: Server, articles: list[str], methods: list[str]) -> dict[str, Any]:
+def prose_modules(
+    server: Server, articles: list[str], methods: list[str], deciding: list[int | None]
+) -> dict[str, Any]:
     """Prose split into small modules, where the top-1 module is not always the right one.
 
     Each paragraph of the articles is one document of one topic, in a server whose module
@@ -458,7 +482,7 @@ def prose_modules(server: Server, articles: list[str], methods: list[str]) -> di
             print(f"top-1 picked the paragraph's module for {routed_right} questions")
 
     recall("oracle", lambda paragraph: f"paragraph-{paragraph}")
-    for name, request in composed_ways(methods):
+    for name, request in composed_ways(methods, deciding):
         recall(name, lambda paragraph: SPLIT_PROSE_TOPIC, **request)
     return result
 
@@ -549,8 +573,11 @@ def prose_together(server: Server, articles: list[str], options: dict[str, Any])
     return result
 
 
-def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[str, Any]:
+def prose(
+    server: Server, articles: list[str], options: dict[str, Any], top_k: int = 1
+) -> dict[str, Any]:
     questions = json.loads((PROSE / "questions.json").read_text())
+    modes = prose_modes(top_k)
     result: dict[str, Any] = {"texts": {}, "options": options}
     for name in articles:
         text = (PROSE / f"{name}.txt").read_text()
@@ -577,12 +604,12 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
             f"{result['texts'][name]['answers_taught']} of {len(questions[name])} answers taught, "
             f"peak {result['texts'][name]['peak_gib']:.2f} GiB"
         )
-    hits = dict.fromkeys(PROSE_MODES, 0)
+    hits = dict.fromkeys(modes, 0)
     routed = 0
     for name in articles:
         row = result["texts"][name]
         for question, accepted in questions[name]:
-            for mode in PROSE_MODES:
+            for mode in modes:
                 answer = ask_prose(server, question, name, mode)
                 hit = any(normalize(a) in normalize(answer["text"]) for a in accepted)
                 row[mode] = row.get(mode, 0) + hit / len(questions[name])
@@ -593,9 +620,9 @@ def prose(server: Server, articles: list[str], options: dict[str, Any]) -> dict[
                 hits[mode] += hit
                 if mode == "auto":
                     routed += answer["topic"] == f"prose-{name}"
-        print(f"prose {name} {options}: " + ", ".join(f"{m} {row[m]:.0%}" for m in PROSE_MODES))
+        print(f"prose {name} {options}: " + ", ".join(f"{m} {row[m]:.0%}" for m in modes))
     asked = sum(len(questions[name]) for name in articles)
-    result["overall"] = {mode: hits[mode] / asked for mode in PROSE_MODES}
+    result["overall"] = {mode: hits[mode] / asked for mode in modes}
     result["overall"]["routing_accuracy"] = routed / asked
     result["questions"] = asked
     print(
@@ -705,6 +732,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="texts of bench/data/prose for --only prose",
     )
     parser.add_argument(
+        "--confident-tokens",
+        default="server,0",
+        help="composing by confidence: the deciding tokens compared (`server`: the server's "
+        "setting; 0: whole answers)",
+    )
+    parser.add_argument(
+        "--prose-top-k",
+        type=int,
+        default=1,
+        help="for --only prose: also ask lora and hybrid with this many modules composed",
+    )
+    parser.add_argument(
         "--text-options",
         default="{}",
         help="';'-separated JSON objects: the memorize options of text jobs (modes, prose), "
@@ -725,6 +764,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name, _, value = setting.partition("=")
         SERVER_SETTINGS[name.strip().lower()] = value.strip()
     only = set(args.only.split(","))
+    deciding = [None if n == "server" else int(n) for n in args.confident_tokens.split(",")]
     results: dict[str, Any] = {}
     # One module, however much a topic holds, unless --server-setting sets the capacity.
     lifted = {name: str(value) for name, value in ONE_MODULE.items() if name not in SERVER_SETTINGS}
@@ -756,6 +796,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.module_rank,
                 set(args.module_parts.split(",")),
                 args.compose.split(","),
+                deciding,
             )
         results["modules"]["module_tokens_per_rank"] = tokens_per_rank
     if "modes" in only:
@@ -766,7 +807,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for options in text_options:
             with loramem_server() as server:
                 key = "prose" if options == text_options[0] else f"prose {options}"
-                results[key] = prose(server, args.articles.split(","), options)
+                results[key] = prose(server, args.articles.split(","), options, args.prose_top_k)
     if "prose-together" in only:
         with loramem_server(**lifted) as server:
             results["prose_together"] = prose_together(
@@ -776,7 +817,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paragraphs_setting = paragraph_modules_setting(prose_paragraphs(args.articles.split(",")))
         with loramem_server(module_tokens_per_rank=paragraphs_setting) as server:
             results["prose_modules"] = prose_modules(
-                server, args.articles.split(","), args.compose.split(",")
+                server, args.articles.split(","), args.compose.split(","), deciding
             )
     save("recall", results)
     plot(results)
