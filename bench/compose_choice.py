@@ -13,7 +13,7 @@ model. A rule keeps one candidate per question; the recall of what it keeps is p
 routing, the module trained on the paragraph that holds the answer (the oracle, within the same
 topic), and the share of questions any candidate answers right (the ceiling).
 
-The rules: `mean of 8` is the server's (the mean log-probability of the first
+The rules: `mean of N` is the server's (the mean log-probability of the first
 LORAMEM_CONFIDENT_TOKENS tokens; the server also counts the end-of-answer token of an answer
 shorter than that, this bench does not); the others are alternatives measured against it.
 Writes bench/results/compose_choice.json.
@@ -36,11 +36,12 @@ from bench.recall import (
     prose_paragraphs,
     questions_by_paragraph,
 )
+from loramem.core.settings import Settings
 from loramem.trainer.matching import normalize
 from tests.helpers import process_env, served
 
 ANSWER_TOKENS = 32
-DECIDING_TOKENS = 8  # the server's default confident_tokens
+DECIDING_TOKENS: int = Settings.model_fields["confident_tokens"].default
 
 
 def _mean(values: list[float]) -> float:
@@ -52,24 +53,28 @@ def _mean(values: list[float]) -> float:
 Rule = Callable[[dict[str, Any]], float]
 RULES: dict[str, Rule] = {
     "top-1 routing": lambda c: c["routing"],
-    "mean of 8": lambda c: _mean(c["logprobs"][:DECIDING_TOKENS]),
+    f"mean of {DECIDING_TOKENS}": lambda c: _mean(c["logprobs"][:DECIDING_TOKENS]),
     "mean of the whole answer": lambda c: _mean(c["logprobs"]),
-    "sum of 8 (the answer's likelihood)": lambda c: sum(c["logprobs"][:DECIDING_TOKENS]),
-    "mean of 8 + routing score": lambda c: _mean(c["logprobs"][:DECIDING_TOKENS]) + c["routing"],
+    f"sum of {DECIDING_TOKENS} (the answer's likelihood)": lambda c: sum(
+        c["logprobs"][:DECIDING_TOKENS]
+    ),
+    f"mean of {DECIDING_TOKENS} + routing score": lambda c: (
+        _mean(c["logprobs"][:DECIDING_TOKENS]) + c["routing"]
+    ),
     # The routing score as a softmax prior over modules (temperature 0.1) times the likelihood.
-    "sum of 8 + routing score / 0.1": lambda c: (
+    f"sum of {DECIDING_TOKENS} + routing score / 0.1": lambda c: (
         sum(c["logprobs"][:DECIDING_TOKENS]) + c["routing"] / 0.1
     ),
     # The routing score again, of the question followed by the candidate's first tokens: a module
     # whose passages hold the answer it starts matches better than one that says something else.
-    "routing of the question + the first 8": lambda c: c["answer_routing"],
-    "mean of 8 + routing of the question + the first 8": lambda c: (
+    f"routing of the question + the first {DECIDING_TOKENS}": lambda c: c["answer_routing"],
+    f"mean of {DECIDING_TOKENS} + that routing score": lambda c: (
         _mean(c["logprobs"][:DECIDING_TOKENS]) + c["answer_routing"]
     ),
     # What the first tokens add to the module's match.
-    "routing gained by the first 8": lambda c: c["answer_routing"] - c["routing"],
+    f"routing gained by the first {DECIDING_TOKENS}": lambda c: c["answer_routing"] - c["routing"],
     # How much more likely the module makes its answer than the base model does.
-    "mean of 8 against the base model": lambda c: _mean(
+    f"mean of {DECIDING_TOKENS} against the base model": lambda c: _mean(
         [m - b for m, b in zip(c["logprobs"], c["base_logprobs"], strict=True)][:DECIDING_TOKENS]
     ),
 }

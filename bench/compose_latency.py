@@ -7,12 +7,12 @@ Three made-up facts are memorized as one topic in a server whose module capacity
 fact, so each is a module of its own. Each fact's question is then asked, greedy and with
 `ignore_eos`, so that every answer is `--tokens` long whatever it says (composed answers that
 ramble longer than a module's own would otherwise count as slower composition): with top-1, and
-with top-3 composed by each method: `confident` deciding after the server's `confident_tokens`
-(8 here) and after whole answers (`confident_tokens: 0`), `sum` and `weighted` (adapters summed
-by the engine's LoRA bank, no file written). Requests are sent one at a time, each way in turn
-(`--repeats` rounds), the first round not counted (a new combination's adapter is built then).
-Prints each way's mean latency and its ratio to top-1 (target: <= 1.3 for the chosen method).
-Writes bench/results/compose_latency.json.
+with top-3 composed by each method: `confident` deciding after the server's default
+`confident_tokens` and after whole answers (`confident_tokens: 0`), `sum` and `weighted`
+(adapters summed by the engine's LoRA bank, no file written). Requests are sent one at a time,
+each way in turn (`--repeats` rounds), the first round not counted (a new combination's
+adapter is built then). Prints each way's mean latency and its ratio to top-1 (target: <= 1.3
+for the chosen method). Writes bench/results/compose_latency.json.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ from typing import Any
 from bench.common import ratio, save
 from bench.recall import loramem_server
 from bench.training import FOUR_FACTS
+from loramem.core.settings import Settings
+
+DECIDING_TOKENS = Settings.model_fields["confident_tokens"].default
 
 # Three of the walk-through's made-up facts.
 FACTS = FOUR_FACTS[:3]
 WAYS: dict[str, dict[str, Any]] = {
     "top-1": {"top_k": 1},
-    "top-3 confident, deciding after 8 tokens": {"top_k": 3, "compose": "confident"},
+    f"top-3 confident, deciding after {DECIDING_TOKENS} tokens": {
+        "top_k": 3,
+        "compose": "confident",
+    },
     "top-3 confident, whole answers": {
         "top_k": 3,
         "compose": "confident",
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     seconds: dict[str, list[float]] = {name: [] for name in WAYS}
     adapters: dict[str, int] = {}
-    with loramem_server(module_tokens_per_rank="1", confident_tokens="8") as server:
+    with loramem_server(module_tokens_per_rank="1") as server:
         job = server.memorize("facts", qa=FACTS, options={"rank": 4})
         modules = len(server.http.get("/admin/topics/facts").json()["knowledge_modules"])
         print(f"  the topic's {modules} modules trained in {job['seconds']:.0f} s", flush=True)

@@ -79,11 +79,12 @@ class Settings(BaseSettings):
     compose: ComposeMethod = "confident"
     # Composing by confidence: the tokens every candidate says before the surest goes on alone
     # and the others stop, so that a request lasts about as long as one module's answer, not as
-    # long as its longest candidate's (0: every candidate finishes first). After 8 tokens as
-    # much was recalled as after whole answers, on PhoneBook's numbers and on prose (README,
-    # "What the memory recalls"); after one, a module sure of the first token of an answer it
-    # learned for another question can win (tests/api/test_multi_module.py).
-    confident_tokens: int = Field(8, ge=0)
+    # long as its longest candidate's (0: every candidate finishes first). After 12 tokens (a
+    # PhoneBook number whole) as much was recalled as after whole answers, on PhoneBook and on
+    # prose; after 8, two PhoneBook questions of 96 fewer (README, "What the memory recalls");
+    # after one, a module sure of the first token of an answer it learned for another question
+    # can win (tests/api/test_multi_module.py).
+    confident_tokens: int = Field(12, ge=0)
     merge_density: float = Field(0.5, gt=0.0, le=1.0)
 
     # Registry polling: how fast every server notices a newly published version.
