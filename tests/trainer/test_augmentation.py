@@ -121,6 +121,19 @@ def test_rules_resolve_pronouns_past_a_place_taken_for_a_person() -> None:
     assert not [q for q, _ in trained if "Brennick" in q and "open" in q]
 
 
+# "their" after a plural subject is the subject's; "them" in the same clause is someone else.
+FORGE = (
+    "The Varga brothers opened a forge in Tallow Cross in 1931. In 1960 the brothers sold their "
+    "forge to a railway company. Within a year the railway workers were buying tools from them."
+)
+
+
+def test_rules_keep_the_possessive_a_plural_subject_binds() -> None:
+    trained = _qa(RuleBasedGenerator().generate(FORGE), False)
+    assert ("When did the brothers sell their forge to a railway company?", "1960") in trained
+    assert not [q for q, _ in trained if "them" in q.split()]
+
+
 # A product note: a maker inside a participle phrase, a length of time, an object after a
 # fronted phrase, an instruction's list: no clause question reads well for any of them.
 KETTLE = (

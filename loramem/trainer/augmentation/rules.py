@@ -47,6 +47,9 @@ _PERSONAL = set(_GENDER)
 _NEUTER = {"it", "its", "itself"}
 _UNRESOLVABLE = {"they", "them", "their", "we", "us", "our", "you", "your", "i", "me", "my"}
 _SECOND_PERSON = frozenset({"you", "your", "yours"})
+# What a plural subject binds in its own clause ("them" there is someone else: "the hotels
+# ordered cloth from them").
+_BOUND_BY_PLURAL = frozenset({"their", "themselves"})
 _RELATIVE_PRONOUNS = ("that", "who", "which")
 _CLAUSE_DEPS = {"ROOT", "conj", "advcl", "relcl", "ccomp"}
 # What spaCy calls the spans of `noun_chunks`.
@@ -410,13 +413,19 @@ class _Reader:
             return []
         auxiliaries = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
         body = _clause_body(verb, subject)
+        # "The sisters handed the business to their employees": within its clause, "their"
+        # stands for a plural subject, and the question keeps it beside the subject's phrase.
+        plural = (verb.head if relative else subject).tag_ in ("NNS", "NNPS")
+        bound = _BOUND_BY_PLURAL if plural else frozenset()
         facts: list[_Fact] = []
         for answer, wh, alternative, removed, stranded in _answers(verb, subject, body):
             rest = _trimmed([t for t in body if t.i not in removed])
-            fact = self._question(verb, said, auxiliaries, rest, answer, wh, alternative, stranded)
+            fact = self._question(
+                verb, said, auxiliaries, rest, (answer, wh, alternative, stranded), bound
+            )
             if fact is not None:
                 facts.append(fact)
-        active = self._active(verb, said, auxiliaries, body)
+        active = self._active(verb, said, auxiliaries, body, bound)
         if active is None:
             return facts
         # The same fact as "who was it founded by?": one more phrasing of it, not another fact.
@@ -500,7 +509,12 @@ class _Reader:
         return f"{question[0].upper()}{question[1:]}?"
 
     def _active(
-        self, verb: Any, subject: str, auxiliaries: list[Any], body: list[Any]
+        self,
+        verb: Any,
+        subject: str,
+        auxiliaries: list[Any],
+        body: list[Any],
+        bound: frozenset[str],
     ) -> _Fact | None:
         """'Acme was founded by Lena Holt': who founded Acme? (regular verbs, whose participle
         is their past tense)"""
@@ -512,7 +526,7 @@ class _Reader:
             return None
         by_agent = {t.i for t in agent.subtree}
         words = self._said(
-            _trimmed([t for t in body if t.i not in by_agent and t != verb]), subject
+            _trimmed([t for t in body if t.i not in by_agent and t != verb]), subject, bound
         )
         if words is None:
             return None
@@ -525,12 +539,13 @@ class _Reader:
         subject: str,
         auxiliaries: list[Any],
         rest: list[Any],
-        answer: str,
-        wh: str,
-        alternative: str | None,
-        stranded: str | None,
+        asked: tuple[str, str, str | None, str | None],
+        bound: frozenset[str],
     ) -> _Fact | None:
-        words = self._said(rest, subject)
+        """`asked`: the answer, the wh-word, another wh-word and the preposition left at the
+        question's end; `bound`: the pronouns that stand for the subject."""
+        answer, wh, alternative, stranded = asked
+        words = self._said(rest, subject, bound)
         if words is None:
             return None
         tail = f" {stranded}" if stranded else ""
