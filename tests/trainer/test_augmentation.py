@@ -134,6 +134,25 @@ def test_rules_keep_the_possessive_a_plural_subject_binds() -> None:
     assert not [q for q, _ in trained if "them" in q.split()]
 
 
+# A subject described by an apposition; a list whose items look like one.
+KEEPERS = (
+    "Dana Rusk grew up in Holloway. Her mother, a pilot for the postal service, taught her to "
+    "read maps. The shop's sign, a painted anchor, hangs over the door. Inside the box you will "
+    "find the tank with its lid, a filter marked with a red ring, and a hose."
+)
+
+
+def test_rules_ask_what_an_apposition_says_a_subject_is() -> None:
+    trained = _qa(RuleBasedGenerator().generate(KEEPERS), False)
+    assert {
+        ("What was Dana Rusk's mother?", "a pilot for the postal service"),
+        # Lower-cased where the question moves it from the front of its sentence.
+        ("What is the shop's sign?", "a painted anchor"),
+    } <= trained
+    # The lid is no subject: "a filter" is the list's next item, not what the lid is.
+    assert not [q for q, _ in trained if q.startswith(("What is", "What was")) and "lid" in q]
+
+
 # A product note: a maker inside a participle phrase, a length of time, an object after a
 # fronted phrase, an instruction's list: no clause question reads well for any of them.
 KETTLE = (

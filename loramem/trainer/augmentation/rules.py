@@ -267,8 +267,11 @@ class _Reader:
         text = _tidy(" ".join(parts))
         if not text or len(text.split()) > MAX_PHRASE_WORDS:
             return None
-        if head.i == head.sent.start or (determiner and determiner[0].i == head.sent.start):
-            text = _lower_first(text, head.doc[head.left_edge.i])
+        # A phrase that opens its sentence, said inside a question: "The tank's lid" and "Most
+        # taps" lower-cased, a name ("Stavely Pippin") as it is.
+        first = head.doc[head.left_edge.i]
+        if first.i == head.sent.start and text.startswith(first.text) and head.pos_ != "PROPN":
+            text = _lower_first(text, first)
         return text
 
     def read(self, sentence: Any) -> tuple[list[_Fact], str | None]:
@@ -353,7 +356,9 @@ class _Reader:
         verb = "was" if _past(token.sent) else "is"
         entity, described_entity = _name_of(named), _name_of(described)
         if described_entity is not None and entity is None and named.pos_ == "NOUN":
-            return self._description_of(described_entity, named, verb)
+            return self._entity_described(described_entity, named, verb)
+        if entity is None and described_entity is None and token.dep_ == "appos":
+            return self._noun_described(described, named, verb)
         if entity is None or entity.label_ not in _NAMED_ENTITIES or described_entity:
             return []
         if described.tag_ not in ("NN", "NNP"):
@@ -374,24 +379,48 @@ class _Reader:
         ]
         if token.dep_ != "appos" or described.pos_ != "NOUN":
             return facts
-        return facts + self._description_of(entity, described, verb, skip)
+        return facts + self._entity_described(entity, described, verb, skip)
 
-    def _description_of(
+    def _entity_described(
         self, entity: Any, noun: Any, verb: str, skip: frozenset[int] = frozenset()
     ) -> list[_Fact]:
         """'Tomas Reyd, a local boatbuilder': who was Tomas Reyd? A local boatbuilder."""
+        wh = "Who" if entity.label_ == "PERSON" else "What"
+        named = frozenset(range(entity.start, entity.end))
+        return self._description_of(entity.text, wh, noun, verb, skip | named)
+
+    def _noun_described(self, described: Any, noun: Any, verb: str) -> list[_Fact]:
+        """'Her father, a surveyor for the county,': what was Marit Ostrander's father? A surveyor
+        for the county. Only a clause's subject that is a particular thing ('the', or whose it
+        is) described as one of a kind ('a', 'an'): elsewhere two nouns side by side are as
+        often the items of a list ('the tank with its lid, a cartridge, a hose')."""
+        article = next((c for c in noun.children if c.dep_ == "det"), None)
+        particular = any(
+            c.dep_ == "poss" or (c.dep_ == "det" and c.lower_ == "the") for c in described.children
+        )
+        if described.pos_ != "NOUN" or described.dep_ not in ("nsubj", "nsubjpass"):
+            return []
+        if article is None or article.lower_ not in ("a", "an") or not particular:
+            return []
+        description = frozenset(t.i for t in noun.subtree)
+        said = self.phrase(described, description, by_name=False)
+        if said is None:
+            return []
+        return self._description_of(said, "What", noun, verb)
+
+    def _description_of(
+        self, subject: str, wh: str, noun: Any, verb: str, skip: frozenset[int] = frozenset()
+    ) -> list[_Fact]:
+        """The noun phrase of `noun` as the answer to what (or who) `subject` is."""
         words = [
             t
             for t in noun.subtree
-            if t.i not in skip
-            and t.i not in range(entity.start, entity.end)
-            and not _inside(t, noun, ("relcl", "appos", "acl", "conj", "cc"))
+            if t.i not in skip and not _inside(t, noun, ("relcl", "appos", "acl", "conj", "cc"))
         ]
-        said = self._said(_trimmed(words), entity.text)
+        said = self._said(_trimmed(words), subject)
         if said is None or not 1 <= len(said) <= MAX_ANSWER_WORDS:
             return []
-        wh = "Who" if entity.label_ == "PERSON" else "What"
-        return [_Fact(wh, _tidy(" ".join(said)), f"{verb} {entity.text}", f"{entity.text} {verb}")]
+        return [_Fact(wh, _tidy(" ".join(said)), f"{verb} {subject}", f"{subject} {verb}")]
 
     def _clause(self, verb: Any) -> list[_Fact]:
         subject = _subject(verb)
