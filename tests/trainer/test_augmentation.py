@@ -149,6 +149,11 @@ def test_rules_ask_what_an_apposition_says_a_subject_is() -> None:
         # Lower-cased where the question moves it from the front of its sentence.
         ("What is the shop's sign?", "a painted anchor"),
     } <= trained
+    named = _qa(
+        RuleBasedGenerator().generate("A ferryman named Oskar Lind carried the mail."), False
+    )
+    # Who someone named is, the other way; lower-cased, the description no longer opening.
+    assert ("Who was Oskar Lind?", "a ferryman") in named
     # The lid is no subject: "a filter" is the list's next item, not what the lid is.
     assert not [q for q, _ in trained if q.startswith(("What is", "What was")) and "lid" in q]
 

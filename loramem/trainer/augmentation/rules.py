@@ -267,12 +267,7 @@ class _Reader:
         text = _tidy(" ".join(parts))
         if not text or len(text.split()) > MAX_PHRASE_WORDS:
             return None
-        # A phrase that opens its sentence, said inside a question: "The tank's lid" and "Most
-        # taps" lower-cased, a name ("Stavely Pippin") as it is.
-        first = head.doc[head.left_edge.i]
-        if first.i == head.sent.start and text.startswith(first.text) and head.pos_ != "PROPN":
-            text = _lower_first(text, first)
-        return text
+        return text if head.pos_ == "PROPN" else _unfronted(text, head)
 
     def read(self, sentence: Any) -> tuple[list[_Fact], str | None]:
         facts: list[_Fact] = []
@@ -377,7 +372,7 @@ class _Reader:
                 others=(f"What {verb} {description} called?",),
             )
         ]
-        if token.dep_ != "appos" or described.pos_ != "NOUN":
+        if described.pos_ != "NOUN":
             return facts
         return facts + self._entity_described(entity, described, verb, skip)
 
@@ -420,7 +415,8 @@ class _Reader:
         said = self._said(_trimmed(words), subject)
         if said is None or not 1 <= len(said) <= MAX_ANSWER_WORDS:
             return []
-        return [_Fact(wh, _tidy(" ".join(said)), f"{verb} {subject}", f"{subject} {verb}")]
+        answer = _unfronted(_tidy(" ".join(said)), noun)
+        return [_Fact(wh, answer, f"{verb} {subject}", f"{subject} {verb}")]
 
     def _clause(self, verb: Any) -> list[_Fact]:
         subject = _subject(verb)
@@ -999,6 +995,15 @@ def _definite(phrase: str) -> str:
     if first.lower() in ("a", "an") and rest:
         return f"the {rest}"
     return phrase
+
+
+def _unfronted(text: str, head: Any) -> str:
+    """The phrase of `head` said elsewhere than at the front of its sentence: "The tank's lid"
+    and "A schoolteacher" lower-cased."""
+    first = head.doc[head.left_edge.i]
+    if first.i == head.sent.start and text.startswith(first.text):
+        return _lower_first(text, first)
+    return text
 
 
 def _lower_first(text: str, first: Any) -> str:
