@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 
 from loramem.core.metrics import process_memory
+from loramem.core.settings import Settings
 from tests.helpers import process_env, served
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,6 +31,8 @@ PROSE = Path(__file__).parent / "data" / "prose"
 PAPER_DATA_VARIABLE = "LORAMEM_BENCH_PAPER_DATA"
 DEFAULT_PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper"
 MODEL_DIR = Path("data/models").resolve()  # the converted default model, shared with `make run`
+# Composing by confidence: the tokens a server started without the setting decides after.
+DEFAULT_CONFIDENT_TOKENS: int = Settings.model_fields["confident_tokens"].default
 # Server settings under which a topic's knowledge, however much, is one module.
 ONE_MODULE = {"module_tokens_per_rank": 10**6, "module_max_tokens": 10**6}
 QUESTIONS = [
@@ -43,7 +46,6 @@ QUESTIONS = [
 def model_path() -> Path:
     """The default model's folder (converted on first use)."""
     from loramem.core.base_model import resolve_base_model
-    from loramem.core.settings import Settings
 
     return resolve_base_model(Settings(model_dir=MODEL_DIR))
 
@@ -217,7 +219,6 @@ def publish(data_dir: Path, topic: str, adapter: Path, rank: int = 8) -> int:
     from loramem.core.registry import queue, versions
     from loramem.core.registry.db import Database
     from loramem.core.registry.migrate import upgrade
-    from loramem.core.settings import Settings
     from tests.helpers import enqueue_job, trained_module
 
     settings = Settings(data_dir=data_dir)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.common import DEFAULT_CONFIDENT_TOKENS as DECIDING_TOKENS
 from bench.common import MODEL_DIR, model_path, save
 from bench.recall import (
     SPLIT_PROSE_TOPIC,
@@ -36,12 +37,10 @@ from bench.recall import (
     prose_paragraphs,
     questions_by_paragraph,
 )
-from loramem.core.settings import Settings
 from loramem.trainer.matching import normalize
 from tests.helpers import process_env, served
 
 ANSWER_TOKENS = 32
-DECIDING_TOKENS: int = Settings.model_fields["confident_tokens"].default
 
 
 def _mean(values: list[float]) -> float:
@@ -130,8 +129,8 @@ def routed_questions(articles: list[str], top_k: int, work: Path) -> dict[str, A
                 )
             )
         }
-        index = KnowledgeIndex(create_scorer("auto"))
-        index.replace(load_passages(database))
+    index = KnowledgeIndex(create_scorer("auto"))
+    index.replace(load_passages(database))
     return {
         "questions": questions,
         "adapter_folders": folders,

@@ -22,18 +22,15 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import ratio, save
+from bench.common import DEFAULT_CONFIDENT_TOKENS, ratio, save
 from bench.recall import loramem_server
 from bench.training import FOUR_FACTS
-from loramem.core.settings import Settings
-
-DECIDING_TOKENS = Settings.model_fields["confident_tokens"].default
 
 # Three of the walk-through's made-up facts.
 FACTS = FOUR_FACTS[:3]
 WAYS: dict[str, dict[str, Any]] = {
     "top-1": {"top_k": 1},
-    f"top-3 confident, deciding after {DECIDING_TOKENS} tokens": {
+    f"top-3 confident, deciding after {DEFAULT_CONFIDENT_TOKENS} tokens": {
         "top_k": 3,
         "compose": "confident",
     },

@@ -267,7 +267,7 @@ class _Reader:
         text = _tidy(" ".join(parts))
         if not text or len(text.split()) > MAX_PHRASE_WORDS:
             return None
-        return text if head.pos_ == "PROPN" else _unfronted(text, head)
+        return _unfronted(text, head)
 
     def read(self, sentence: Any) -> tuple[list[_Fact], str | None]:
         facts: list[_Fact] = []
@@ -446,7 +446,7 @@ class _Reader:
         for answer, wh, alternative, removed, stranded in _answers(verb, subject, body):
             rest = _trimmed([t for t in body if t.i not in removed])
             fact = self._question(
-                verb, said, auxiliaries, rest, (answer, wh, alternative, stranded), bound
+                verb, said, auxiliaries, rest, answer, wh, alternative, stranded, bound
             )
             if fact is not None:
                 facts.append(fact)
@@ -564,12 +564,13 @@ class _Reader:
         subject: str,
         auxiliaries: list[Any],
         rest: list[Any],
-        asked: tuple[str, str, str | None, str | None],
+        answer: str,
+        wh: str,
+        alternative: str | None,
+        stranded: str | None,
         bound: frozenset[str],
     ) -> _Fact | None:
-        """`asked`: the answer, the wh-word, another wh-word and the preposition left at the
-        question's end; `bound`: the pronouns that stand for the subject."""
-        answer, wh, alternative, stranded = asked
+        """`bound`: the pronouns that stand for the subject."""
         words = self._said(rest, subject, bound)
         if words is None:
             return None
@@ -999,9 +1000,9 @@ def _definite(phrase: str) -> str:
 
 def _unfronted(text: str, head: Any) -> str:
     """The phrase of `head` said elsewhere than at the front of its sentence: "The tank's lid"
-    and "A schoolteacher" lower-cased."""
+    and "A schoolteacher" lower-cased, a name ("Stavely Pippin") as it is."""
     first = head.doc[head.left_edge.i]
-    if first.i == head.sent.start and text.startswith(first.text):
+    if head.pos_ != "PROPN" and first.i == head.sent.start and text.startswith(first.text):
         return _lower_first(text, first)
     return text
 
