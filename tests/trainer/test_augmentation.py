@@ -96,6 +96,44 @@ def test_rules_ask_appositions_both_ways() -> None:
     } <= trained
 
 
+# Two moves and one birth: "Where did she move?" has two answers here, "Where was she born?" one.
+MOVES = (
+    "Anna Kowalski was born in Dorsey in 1950. In 1972 she moved to Tallow for a job at the mill. "
+    "In 1990 she moved to Pike Harbor with her husband."
+)
+
+
+def test_rules_also_ask_without_the_times_and_places_a_sentence_adds() -> None:
+    items = RuleBasedGenerator().generate(MOVES)
+    trained = _qa(items, False)
+    assert {
+        ("When was Anna Kowalski born in Dorsey?", "1950"),
+        ("When was Anna Kowalski born?", "1950"),
+        ("Where was Anna Kowalski born?", "Dorsey"),
+        ("Where did Anna Kowalski move with her husband in 1990?", "Pike Harbor"),
+    } <= trained
+    questions = {q for q, _ in trained | _qa(items, True)}
+    assert not {"Where did Anna Kowalski move?", "When did Anna Kowalski move?"} & questions
+
+
+# A participle's clause ("built in 1890 by Thomas Arden") and roles named in appositions.
+BRIDGE = (
+    "The Arden Bridge, built in 1890 by Thomas Arden, was closed in 2001. Its designer, an "
+    "engineer named Clara Hoyt, had worked on canals before. Her successor, Jonas Weller, "
+    "repaired the bridge in 1920."
+)
+
+
+def test_rules_read_participles_and_the_roles_appositions_name() -> None:
+    trained = _qa(RuleBasedGenerator().generate(BRIDGE), False)
+    assert {
+        ("When was The Arden Bridge built?", "1890"),
+        ("Who was The Arden Bridge built by?", "Thomas Arden"),
+        ("Who was The Arden Bridge's designer?", "Clara Hoyt"),
+        ("Who was Clara Hoyt's successor?", "Jonas Weller"),
+    } <= trained
+
+
 # Pronouns across names the small pipeline mistags: it calls the island "Brennick" a person and
 # knows "Brandt" alone as nothing.
 FERRY = (
@@ -171,19 +209,17 @@ def test_rules_ask_what_no_clause_question_reaches_where_it_stands() -> None:
     items = [i for i in RuleBasedGenerator().generate(KETTLE) if i.kind == "qa"]
     echoes = {(i.question, i.answer) for i in items if not i.held_out and "?" in (i.question or "")}
     assert {
-        (
-            "The Vessa Kettle is a cordless kettle made by what, a firm in the town of Oberlin?",
-            "Tarnfield Appliances",
-        ),
         ("The Vessa Kettle boils a full litre in how long?", "three and a half minutes"),
         ("You will need how many filters?", "two"),
         ("You will need two filters and what?", "a descaling tablet"),
     } <= echoes
+    # The participle's clause ("made by Tarnfield Appliances") is asked as a clause is.
+    assert ("Who is The Vessa Kettle made by?", "Tarnfield Appliances") in echoes
     answers = {i.answer for i in items}
     assert {"a flat steel plate", "a coil", "Oberlin"} <= answers
     # An echo is the only wording of its fact: trained, never a probe.
     probed = {i.answer for i in items if i.held_out}
-    assert "Tarnfield Appliances" not in probed and "three and a half minutes" not in probed
+    assert "three and a half minutes" not in probed
     # "It" is the kettle the text opened with, and no question leans on its text.
     assert not [i for i in items if {"It", "it", "its"} & set((i.question or "")[:-1].split())]
 

@@ -66,6 +66,10 @@ _COUNTS = {"CARDINAL", "QUANTITY", "MONEY", "PERCENT"}
 _TIMES = {"DATE", "TIME"}
 _NAMING = {"name", "call"}
 _CONNECTIVES = {"so", "thus", "therefore", "however", "then", "instead"}
+# Adverbs a question keeps when it leaves a clause's adjuncts out (see `_in_adjunct`).
+_KEPT_ADVERBS = frozenset(
+    {"not", "never", "down", "up", "out", "off", "away", "back", "over", "in", "on", "apart"}
+)
 # Prepositions that put a common noun phrase in the place of "where" (a named place takes more).
 _MOTION_PREPOSITIONS = {"to", "into", "onto", "inside", "beside", "near", "behind", "above"}
 _CALENDAR = re.compile(
@@ -156,6 +160,10 @@ class _Fact:
     # An echo question ("The Aster costs how much?"), the whole and only phrasing of a fact the
     # clause questions could not put: trained, with no held-out probe.
     echo: str | None = None
+    # `direct` without the clause's adjuncts ("was Marit Ostrander born" for "was Marit
+    # Ostrander born in Vellmark"): readers ask with the verb and its objects, seldom with every
+    # time and place the sentence gave. Left out where another fact's brief question is the same.
+    brief: str | None = None
 
     def phrasings(self) -> list[str]:
         if self.echo:
@@ -163,7 +171,13 @@ class _Fact:
         direct = [f"{self.wh} {self.direct}?"]
         if self.alternative_wh:
             direct.append(f"{self.alternative_wh} {self.direct}?")
+        if self.brief:
+            direct.append(self.brief_question)
         return [*direct, *self.others, f"Do you know {self.wh.lower()} {self.declarative}?"]
+
+    @property
+    def brief_question(self) -> str:
+        return f"{self.wh} {self.brief}?"
 
 
 def _words(tokens: Iterable[Any]) -> str:
@@ -274,6 +288,8 @@ class _Reader:
         for token in sentence:
             if token.dep_ in _CLAUSE_DEPS and token.pos_ in ("VERB", "AUX"):
                 facts.extend(self._clause(token))
+            elif token.dep_ == "acl" and token.tag_ == "VBN" and token.lemma_ not in _NAMING:
+                facts.extend(self._participle(token))
             if _is_apposition(token) or (
                 token.dep_ in ("acl", "relcl") and token.lemma_ in _NAMING
             ):
@@ -350,6 +366,7 @@ class _Reader:
             return []
         verb = "was" if _past(token.sent) else "is"
         entity, described_entity = _name_of(named), _name_of(described)
+        role = self._role(entity, described, verb) if entity is not None else []
         if described_entity is not None and entity is None and named.pos_ == "NOUN":
             return self._entity_described(described_entity, named, verb)
         if entity is None and described_entity is None and token.dep_ == "appos":
@@ -357,24 +374,48 @@ class _Reader:
         if entity is None or entity.label_ not in _NAMED_ENTITIES or described_entity:
             return []
         if described.tag_ not in ("NN", "NNP"):
-            return []
+            return role
         skip = frozenset(t.i for t in named.subtree) | frozenset(t.i for t in token.subtree)
         description = self.phrase(described, skip, by_name=False)
         if description is None:
-            return []
+            return role
         description = _definite(description)
         facts = [
+            *role,
             _Fact(
                 "What",
                 entity.text,
                 f"{verb} the name of {description}",
                 f"the name of {description} {verb}",
                 others=(f"What {verb} {description} called?",),
-            )
+            ),
         ]
         if described.pos_ != "NOUN":
             return facts
         return facts + self._entity_described(entity, described, verb, skip)
+
+    def _role(self, entity: Any, described: Any, verb: str) -> list[_Fact]:
+        """'Her successor, Dr. Amaru Feld,' and 'Its founder, a ship's doctor named Ilse
+        Maranova,': who was Ilse Maranova's successor? Who was the clinic's founder? A role
+        whose it is says what readers ask a name by."""
+        role = described.head if described.dep_ == "appos" else described
+        if (
+            entity.label_ not in _NAMED_ENTITIES
+            or role.pos_ != "NOUN"
+            or not any(c.dep_ == "poss" for c in role.children)
+        ):
+            return []
+        naming = frozenset(
+            t.i
+            for c in role.children
+            if _is_apposition(c) or (c.dep_ in ("acl", "relcl") and c.lemma_ in _NAMING)
+            for t in c.subtree
+        )
+        said = self.phrase(role, naming, by_name=False)
+        if said is None or entity.text in said:
+            return []
+        wh = "Who" if entity.label_ == "PERSON" else "What"
+        return [_Fact(wh, entity.text, f"{verb} {said}", f"{said} {verb}")]
 
     def _entity_described(
         self, entity: Any, noun: Any, verb: str, skip: frozenset[int] = frozenset()
@@ -436,20 +477,75 @@ class _Reader:
         said = self.phrase(verb.head) if relative else self.phrase(subject)
         if said is None:
             return []
-        auxiliaries = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
-        body = _clause_body(verb, subject)
+        auxiliaries = [
+            c.text for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i
+        ]
         # "The sisters handed the business to their employees": within its clause, "their"
         # stands for a plural subject, and the question keeps it beside the subject's phrase.
         plural = (verb.head if relative else subject).tag_ in ("NNS", "NNPS")
         bound = _BOUND_BY_PLURAL if plural else frozenset()
+        body = _clause_body(verb, subject)
+        return self._facts(verb, subject, said, auxiliaries, body, bound)
+
+    def _participle(self, verb: Any) -> list[_Fact]:
+        """'the bridge, built in 1890 by Thomas Arden,': a passive clause without its subject
+        and auxiliary, both given back: when was the bridge built? Who built it?"""
+        noun = verb.head
+        # "Acme, a company founded in 1987" and "Acme is a company founded in 1987": Acme was.
+        if noun.dep_ == "appos" and _name_of(noun.head) is not None:
+            noun = noun.head
+        elif noun.dep_ == "attr" and noun.head.lemma_ == "be":
+            subject = _subject(noun.head)
+            named = subject is not None and (subject.pos_ == "PROPN" or _name_of(subject))
+            noun = subject if named else noun
+        if noun.pos_ not in ("NOUN", "PROPN"):
+            return []
+        said = self.phrase(noun, frozenset(t.i for t in verb.subtree))
+        if said is None or said.split()[0].lower() in ("a", "an"):
+            return []  # "a kettle made by Tarnfield": no question can say which kettle
+        body = _trimmed(
+            [
+                t
+                for t in verb.subtree
+                if not _inside(
+                    t, verb, ("relcl", "appos", "advcl", "acl", "parataxis", "conj", "cc")
+                )
+            ]
+        )
+        # Done at a date is done in the past, whatever the sentence's own tense.
+        past = _past(verb.sent) or any(t.ent_type_ == "DATE" for t in body)
+        plural = noun.tag_ in ("NNS", "NNPS")
+        auxiliary = ("were" if plural else "was") if past else ("are" if plural else "is")
+        return self._facts(verb, noun, said, [auxiliary], body, frozenset())
+
+    def _facts(
+        self,
+        verb: Any,
+        subject: Any,
+        said: str,
+        auxiliaries: list[str],
+        body: list[Any],
+        bound: frozenset[str],
+    ) -> list[_Fact]:
+        """The facts of one clause: `subject` is its subject's token, `said` how a question says
+        it, `body` the clause's words without it."""
         facts: list[_Fact] = []
         for answer, wh, alternative, removed, stranded in _answers(verb, subject, body):
             rest = _trimmed([t for t in body if t.i not in removed])
             fact = self._question(
                 verb, said, auxiliaries, rest, answer, wh, alternative, stranded, bound
             )
-            if fact is not None:
-                facts.append(fact)
+            if fact is None:
+                continue
+            if not wh.startswith("@subject"):
+                brief = _brief(verb, rest, removed)
+                if brief is not None:
+                    asked = self._question(
+                        verb, said, auxiliaries, brief, answer, wh, None, stranded, bound
+                    )
+                    if asked is not None:
+                        fact = dataclasses.replace(fact, brief=asked.direct)
+            facts.append(fact)
         active = self._active(verb, said, auxiliaries, body, bound)
         if active is None:
             return facts
@@ -537,7 +633,7 @@ class _Reader:
         self,
         verb: Any,
         subject: str,
-        auxiliaries: list[Any],
+        auxiliaries: list[str],
         body: list[Any],
         bound: frozenset[str],
     ) -> _Fact | None:
@@ -562,7 +658,7 @@ class _Reader:
         self,
         verb: Any,
         subject: str,
-        auxiliaries: list[Any],
+        auxiliaries: list[str],
         rest: list[Any],
         answer: str,
         wh: str,
@@ -577,13 +673,13 @@ class _Reader:
         tail = f" {stranded}" if stranded else ""
         if wh.startswith("@subject"):
             wh = wh.removeprefix("@subject ")
-            clause = _tidy(" ".join([*(t.text for t in auxiliaries), *words]) + tail)
+            clause = _tidy(" ".join([*auxiliaries, *words]) + tail)
             return _Fact(wh, answer, clause, clause, alternative)
         if auxiliaries:
             first, *others = auxiliaries
-            later = " ".join(t.text for t in others)
-            direct = f"{first.text} {subject} {later} {' '.join(words)}{tail}"
-            declarative = f"{subject} {first.text} {later} {' '.join(words)}{tail}"
+            later = " ".join(others)
+            direct = f"{first} {subject} {later} {' '.join(words)}{tail}"
+            declarative = f"{subject} {first} {later} {' '.join(words)}{tail}"
         elif verb.lemma_ == "be":
             direct = f"{verb.text} {subject} {' '.join(w for w in words if w != verb.text)}{tail}"
             declarative = f"{subject} {' '.join(words)}{tail}"
@@ -953,6 +1049,44 @@ def _clause_body(verb: Any, subject: Any) -> list[Any]:
     return body
 
 
+def _brief(verb: Any, rest: list[Any], asked: set[int]) -> list[Any] | None:
+    """The words of a question (`rest`, the `asked` tokens left out) without the clause's
+    adjuncts; None where there are none to leave out or leaving them out breaks the question.
+    A subject question keeps them: they tell its answer from others'."""
+    core = _trimmed([t for t in rest if not _in_adjunct(t, verb, asked)])
+    if len(core) == len(rest):
+        return None
+    # A measure ("placed forty metres too far west") needs the phrase it measures.
+    if any(t.dep_ == "npadvmod" and t.head == verb for t in verb.doc if t.i in asked):
+        return None
+    last = core[-1] if core else None
+    if last is not None and last.pos_ in ("DET", "ADP", "CCONJ", "SCONJ") and last.dep_ != "prt":
+        return None  # "every" left of "every year": the parse tore a phrase
+    return core
+
+
+def _in_adjunct(token: Any, verb: Any, asked: set[int]) -> bool:
+    """Whether `token` sits in a time, place or manner phrase of `verb` ("in 1921", "there",
+    "on Saturdays", "by Lena Holt") that holds none of the `asked` tokens; a phrase with "of" or
+    "as" says what the verb is about, so it stays."""
+    while token.head != verb and token.head != token:
+        token = token.head
+    if token.head != verb or any(t.i in asked for t in token.subtree):
+        return False
+    if token.dep_ in ("npadvmod", "advmod"):
+        # "stepped down", "gave back": a particle the parser calls an adverb is the verb's own.
+        return token.lower_ not in _KEPT_ADVERBS and token.pos_ != "DET"
+    if token.dep_ not in ("prep", "agent") or token.lower_ in ("of", "as"):
+        return False
+    # "on sale", "by hand": a bare noun goes with its verb; "on a wet morning" is an adjunct.
+    thing = next((c for c in token.children if c.dep_ == "pobj"), None)
+    return thing is not None and (
+        thing.pos_ == "PROPN"
+        or bool(thing.ent_type_)
+        or any(c.dep_ in ("det", "poss", "nummod") for c in thing.children)
+    )
+
+
 def _trimmed(tokens: list[Any]) -> list[Any]:
     """Without the punctuation and conjunctions a removed phrase left at either end."""
     start, end = 0, len(tokens)
@@ -1029,6 +1163,7 @@ class RuleBasedGenerator(DataGenerator):
     def generate(self, text: str) -> list[GeneratedItem]:
         items: list[GeneratedItem] = []
         reader = _Reader()
+        read: list[tuple[str, list[_Fact], str | None]] = []
         for paragraph in re.split(r"\n\s*\n", text):
             if not paragraph.strip():
                 continue
@@ -1037,19 +1172,22 @@ class RuleBasedGenerator(DataGenerator):
                     continue  # a heading or a list item: no clause to read
                 reader.learn_names(sentence)
                 facts, rewrite = reader.read(sentence)
-                source = sentence.text.strip()
-                for fact in _distinct(facts):
-                    phrasings = fact.phrasings()
-                    # An echo's one wording is trained; any other fact's last is its probe.
-                    trained, held_out = (
-                        (phrasings, None) if fact.echo else (phrasings[:-1], phrasings[-1])
-                    )
-                    items.extend(
-                        GeneratedItem("qa", question=q, answer=fact.answer, source=source)
-                        for q in trained
-                    )
-                    if held_out is None:
-                        continue
+                read.append((sentence.text.strip(), _distinct(facts), rewrite))
+        unambiguous = _unambiguous_briefs([fact for _, facts, _ in read for fact in facts])
+        for source, facts, rewrite in read:
+            for fact in facts:
+                if fact.brief and fact.brief_question not in unambiguous:
+                    fact = dataclasses.replace(fact, brief=None)
+                phrasings = fact.phrasings()
+                # An echo's one wording is trained; any other fact's last is its probe.
+                trained, held_out = (
+                    (phrasings, None) if fact.echo else (phrasings[:-1], phrasings[-1])
+                )
+                items.extend(
+                    GeneratedItem("qa", question=q, answer=fact.answer, source=source)
+                    for q in trained
+                )
+                if held_out is not None:
                     items.append(
                         GeneratedItem(
                             "qa",
@@ -1059,9 +1197,23 @@ class RuleBasedGenerator(DataGenerator):
                             source=source,
                         )
                     )
-                if rewrite is not None:
-                    items.append(GeneratedItem("rewrite", text=rewrite, source=source))
+            if rewrite is not None:
+                items.append(GeneratedItem("rewrite", text=rewrite, source=source))
         return items
+
+
+def _unambiguous_briefs(facts: list[_Fact]) -> set[str]:
+    """The brief questions that ask for one answer only in the whole text ("When did she move?"
+    is no question where she moved twice), and are no other fact's question."""
+    answers: dict[str, set[str]] = {}
+    for fact in facts:
+        for question in fact.phrasings():
+            answers.setdefault(question.lower(), set()).add(fact.answer.lower())
+    return {
+        fact.brief_question
+        for fact in facts
+        if fact.brief and len(answers[fact.brief_question.lower()]) == 1
+    }
 
 
 def _distinct(facts: list[_Fact]) -> list[_Fact]:
