@@ -123,6 +123,11 @@ BRIDGE = (
     "repaired the bridge in 1920."
 )
 
+MUSEUM = (
+    "The Pellan Museum was opened in 1950 and extended in 1990. The bike is charged from a socket "
+    "and locked with a key."
+)
+
 
 def test_rules_read_participles_and_the_roles_appositions_name() -> None:
     trained = _qa(RuleBasedGenerator().generate(BRIDGE), False)
@@ -132,6 +137,10 @@ def test_rules_read_participles_and_the_roles_appositions_name() -> None:
         ("Who was The Arden Bridge's designer?", "Clara Hoyt"),
         ("Who was Clara Hoyt's successor?", "Jonas Weller"),
     } <= trained
+    # A second participle shares the first one's auxiliary: "was opened ... and extended".
+    museum = _qa(RuleBasedGenerator().generate(MUSEUM), False)
+    assert ("When was The Pellan Museum extended?", "1990") in museum
+    assert ("What is the bike locked with?", "a key") in museum
 
 
 # Pronouns across names the small pipeline mistags: it calls the island "Brennick" a person and

@@ -477,9 +477,15 @@ class _Reader:
         said = self.phrase(verb.head) if relative else self.phrase(subject)
         if said is None:
             return []
-        auxiliaries = [
-            c.text for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i
-        ]
+        # "was baked once a week and eaten with smoked fish": the second participle shares
+        # the first one's auxiliary.
+        shared = (
+            verb.dep_ == "conj"
+            and (verb.tag_ == "VBN" or (verb.tag_ == "VBD" and verb.lower_.endswith("ed")))
+            and any(c.dep_ == "auxpass" for c in verb.head.children)
+            and not any(c.dep_ in ("nsubj", "nsubjpass", "dobj") for c in verb.children)
+        )
+        auxiliaries = _auxiliaries(verb) or (_auxiliaries(verb.head) if shared else [])
         # "The sisters handed the business to their employees": within its clause, "their"
         # stands for a plural subject, and the question keeps it beside the subject's phrase.
         plural = (verb.head if relative else subject).tag_ in ("NNS", "NNPS")
@@ -1047,6 +1053,10 @@ def _clause_body(verb: Any, subject: Any) -> list[Any]:
         fronted[0] = _Lowered(fronted[0])
     body = [t for t in body if t.i >= subject.left_edge.i] + fronted
     return body
+
+
+def _auxiliaries(verb: Any) -> list[str]:
+    return [c.text for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
 
 
 def _brief(verb: Any, rest: list[Any], asked: set[int]) -> list[Any] | None:
