@@ -70,6 +70,8 @@ _CONNECTIVES = {"so", "thus", "therefore", "however", "then", "instead"}
 _KEPT_ADVERBS = frozenset(
     {"not", "never", "down", "up", "out", "off", "away", "back", "over", "in", "on", "apart"}
 )
+# Prepositions after which a number is an amount: "sold for 2,400 euros", "rose by 5 percent".
+_AMOUNT_PREPOSITIONS = frozenset({"for", "at", "to", "by", "of", "with", "about", "around"})
 # Prepositions that put a common noun phrase in the place of "where" (a named place takes more).
 _MOTION_PREPOSITIONS = {"to", "into", "onto", "inside", "beside", "near", "behind", "above"}
 _CALENDAR = re.compile(
@@ -860,6 +862,8 @@ def _entity_question(
             return entity.text, f"How many {unit}", None, {t.i for t in counted_phrase}, None
         wh = "How many" if label == "CARDINAL" else "How much"
         if root.dep_ == "pobj" and preposition is not None and preposition.head == verb:
+            if preposition.lower_ not in _AMOUNT_PREPOSITIONS:
+                return None  # "raised within thirty kilometres": how far, not how much
             removed = {t.i for t in preposition.subtree}
             return entity.text, wh, None, removed, None
         if root.dep_ in ("dobj", "attr", "npadvmod", "oprd") and root.head == verb:
