@@ -37,7 +37,7 @@ from bench.recall import (
     prose_paragraphs,
     questions_by_paragraph,
 )
-from loramem.trainer.matching import normalize
+from loramem.trainer.matching import recalled
 from tests.helpers import process_env, served
 
 ANSWER_TOKENS = 32
@@ -177,7 +177,7 @@ def answer_with_each_module(routed: dict[str, Any]) -> None:
             row = DecodeRow(prompt, SamplingParams(max_tokens=ANSWER_TOKENS))
             decode_batch(peft, tokenizer, [row])
             candidate["answer"] = row.text
-            candidate["right"] = any(normalize(a) in normalize(row.text) for a in asked["accepted"])
+            candidate["right"] = any(recalled(a, row.text) for a in asked["accepted"])
             candidate["logprobs"] = token_logprobs(prompt, row.generated)
             opening = tokenizer.decode(row.generated[:DECIDING_TOKENS], skip_special_tokens=True)
             with_answer = dict(

@@ -55,7 +55,7 @@ def reading(variant: str, batch_size: int = 8) -> dict[str, Any]:
     """Greedy replies to the prose questions with their text in the prompt."""
     from loramem.core.base_model import load_causal_lm
     from loramem.core.prompting import context_block, question_ids, with_context
-    from loramem.trainer.matching import normalize
+    from loramem.trainer.matching import recalled
     from loramem.trainer.recall import greedy_replies
 
     use_variant(variant)
@@ -72,7 +72,7 @@ def reading(variant: str, batch_size: int = 8) -> dict[str, Any]:
             accepted.append(answers)
     replies = greedy_replies(model, tokenizer, requests, batch_size)
     hits = sum(
-        any(normalize(a) in normalize(reply) for a in answers)
+        any(recalled(a, reply) for a in answers)
         for answers, reply in zip(accepted, replies, strict=True)
     )
     return {

@@ -69,7 +69,7 @@ from bench.common import (
     save,
     use_paper_data_flag,
 )
-from loramem.trainer.matching import normalize
+from loramem.trainer.matching import normalize, recalled
 from loramem.trainer.training_data import Knowledge
 from tests.helpers import process_env, served
 
@@ -227,7 +227,7 @@ def modes(server: Server, options: dict[str, Any]) -> dict[str, Any]:
         for topic, question, answer in questions:
             name = topic if topic_of == "mix" else f"{topic}-raw"
             output = server.ask(question, None if mode == "base" else name, mode)["text"]
-            hits += normalize(answer) in normalize(output)
+            hits += recalled(answer, output)
         return hits / len(questions)
 
     results["base"] = score("mix", "base")
@@ -273,8 +273,7 @@ def counterfact(server: Server, statements: int) -> dict[str, Any]:
     result: dict[str, Any] = {"statements": len(texts), "probes": len(probes)}
     for mode in ("base", "lora", "hybrid"):
         hits = sum(
-            normalize(p["answer"])
-            in normalize(server.ask(p["question"], "counterfact", mode, tokens=12)["text"])
+            recalled(p["answer"], server.ask(p["question"], "counterfact", mode, tokens=12)["text"])
             for p in probes
         )
         result[mode] = hits / len(probes) if probes else None
@@ -437,7 +436,7 @@ def questions_by_paragraph(
             holding = [
                 i
                 for i, (article, paragraph) in enumerate(paragraphs)
-                if article == name and any(normalize(a) in normalize(paragraph) for a in accepted)
+                if article == name and any(recalled(a, paragraph) for a in accepted)
             ]
             if holding:
                 asked.append((question, accepted, holding[0]))
@@ -474,7 +473,7 @@ def prose_modules(
         asked, routed_right = Asked(), 0
         for question, accepted, paragraph in asked_questions:
             answer = asked.ask(server, question, topic_of(paragraph), 32, **request)
-            asked.hits += any(normalize(a) in normalize(answer["text"]) for a in accepted)
+            asked.hits += any(recalled(a, answer["text"]) for a in accepted)
             routed_right += answer["adapters"][0]["module"] == modules[paragraph]
         asked.record(result, name)
         if name == "top-1":
@@ -548,7 +547,7 @@ def prose_together(server: Server, articles: list[str], options: dict[str, Any])
         for mode in ("lora", "hybrid"):
             response = server.ask(question, "prose-together", mode, tokens=32)
             answer = response["text"]
-            hit = any(normalize(a) in normalize(answer) for a in accepted)
+            hit = any(recalled(a, answer) for a in accepted)
             result["texts"][name][mode] += hit
             if mode == "lora":
                 result["routed_right"] += response["adapters"][0]["module"] in article_modules[name]
@@ -611,7 +610,7 @@ def prose(
         for question, accepted in questions[name]:
             for mode in modes:
                 answer = ask_prose(server, question, name, mode)
-                hit = any(normalize(a) in normalize(answer["text"]) for a in accepted)
+                hit = any(recalled(a, answer["text"]) for a in accepted)
                 row[mode] = row.get(mode, 0) + hit / len(questions[name])
                 # Each answer kept, so that a run shows which facts each mode missed and how.
                 row.setdefault("answers", []).append(

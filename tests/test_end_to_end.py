@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loramem.trainer.matching import recalled
 from tests.helpers import process_env, served
 
 pytestmark = pytest.mark.slow
@@ -106,17 +107,13 @@ def _memorize_and_wait(client: httpx.Client, facts: list[tuple[str, str]]) -> tu
     raise AssertionError("training did not finish in 15 minutes")
 
 
-def _recalled(answer: str, text: str) -> bool:
-    return answer.lower() in text.lower()
-
-
 def test_memorize_recall_and_update_on_the_default_model(
     server: tuple[httpx.Client, subprocess.Popen[bytes]],
 ) -> None:
     client, process = server
     for question, answer in FACTS:
         base = _ask(client, question)
-        assert base["mode"] == "base" and not _recalled(answer, base["text"])
+        assert base["mode"] == "base" and not recalled(answer, base["text"])
 
     started = time.monotonic()
     job, seen = _memorize_and_wait(client, FACTS)
@@ -128,8 +125,8 @@ def test_memorize_recall_and_update_on_the_default_model(
     for question, answer in FACTS:
         reply = _ask(client, question, topic="acme")
         assert reply["adapters"] == [{"topic": "acme", "version": 1, "score": 1.0, "module": 0}]
-        assert _recalled(answer, reply["text"]), (question, reply["text"])
-        assert not _recalled(answer, _ask(client, question, topic="acme", mode="base")["text"])
+        assert recalled(answer, reply["text"]), (question, reply["text"])
+        assert not recalled(answer, _ask(client, question, topic="acme", mode="base")["text"])
 
     # Version 2, trained while requests keep coming, knows old and new facts.
     failures: list[str] = []
@@ -156,7 +153,7 @@ def test_memorize_recall_and_update_on_the_default_model(
     for question, answer in FACTS + MORE_FACTS:
         reply = _ask(client, question, topic="acme")
         assert reply["adapters"][0]["version"] == 2
-        assert _recalled(answer, reply["text"]), (question, reply["text"])
+        assert recalled(answer, reply["text"]), (question, reply["text"])
 
     peak_kib = int(
         next(

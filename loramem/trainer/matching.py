@@ -15,4 +15,5 @@ def normalize(text: str) -> str:
 
 
 def recalled(expected: str, generated: str) -> bool:
-    return normalize(expected) in normalize(generated)
+    """Whether `generated` says `expected` in whole words: "9" is not said by "1981"."""
+    return f" {normalize(expected)} " in f" {normalize(generated)} "

@@ -52,6 +52,9 @@ def test_recall_matching_ignores_case_punctuation_and_spacing() -> None:
     assert recalled("555-0199", "Her number is 555 - 0199.")
     assert recalled("Marta Ilvesk", "It was MARTA  ilvesk!")
     assert not recalled("Quiggle", "Quibble")
+    # Whole words only: a year that holds the digit is no answer of "9".
+    assert not recalled("9", "She drew it in 1981.")
+    assert recalled("9", "At the age of 9.")
 
 
 def test_options_plan_enough_steps() -> None:
