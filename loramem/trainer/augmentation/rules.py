@@ -401,8 +401,10 @@ class _Reader:
         Maranova,': who was Ilse Maranova's successor? Who was the clinic's founder? A role
         whose it is says what readers ask a name by."""
         role = described.head if described.dep_ == "appos" else described
+        # A thing's role is asked as what it is ("His first loaf, a dark rye he called Anchor":
+        # what was his first loaf? A dark rye), so only a person is asked for by a role.
         if (
-            entity.label_ not in _NAMED_ENTITIES
+            entity.label_ != "PERSON"
             or role.pos_ != "NOUN"
             or not any(c.dep_ == "poss" for c in role.children)
         ):
@@ -416,8 +418,7 @@ class _Reader:
         said = self.phrase(role, naming, by_name=False)
         if said is None or entity.text in said:
             return []
-        wh = "Who" if entity.label_ == "PERSON" else "What"
-        return [_Fact(wh, entity.text, f"{verb} {said}", f"{said} {verb}")]
+        return [_Fact("Who", entity.text, f"{verb} {said}", f"{said} {verb}")]
 
     def _entity_described(
         self, entity: Any, noun: Any, verb: str, skip: frozenset[int] = frozenset()
