@@ -488,7 +488,9 @@ class _Reader:
             and any(c.dep_ == "auxpass" for c in verb.head.children)
             and not any(c.dep_ in ("nsubj", "nsubjpass", "dobj") for c in verb.children)
         )
-        auxiliaries = _auxiliaries(verb) or (_auxiliaries(verb.head) if shared else [])
+        auxiliaries = [
+            t.text for t in _auxiliaries(verb) or (_auxiliaries(verb.head) if shared else [])
+        ]
         # "The sisters handed the business to their employees": within its clause, "their"
         # stands for a plural subject, and the question keeps it beside the subject's phrase.
         plural = (verb.head if relative else subject).tag_ in ("NNS", "NNPS")
@@ -611,8 +613,7 @@ class _Reader:
             else:
                 referent = self.phrase(verb.head if relative else subject) or ""
                 parts = [(subject.left_edge.i, referent)]
-            aux = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
-            tokens = sorted([*aux, *_clause_body(verb, subject)], key=lambda t: t.i)
+            tokens = sorted([*_auxiliaries(verb), *_clause_body(verb, subject)], key=lambda t: t.i)
         relative_object = any(t.tag_ in ("WDT", "WP") and t.dep_ != "nsubj" for t in tokens)
         if not referent or relative_object or not replaced <= {t.i for t in tokens}:
             # In a phrase the clause leaves out ('made by Solberg Cycles'), or a clause without
@@ -1060,8 +1061,9 @@ def _clause_body(verb: Any, subject: Any) -> list[Any]:
     return body
 
 
-def _auxiliaries(verb: Any) -> list[str]:
-    return [c.text for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+def _auxiliaries(verb: Any) -> list[Any]:
+    """The auxiliaries before `verb` ("had been" of "had been placed")."""
+    return [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
 
 
 def _brief(verb: Any, rest: list[Any], asked: set[int]) -> list[Any] | None:
@@ -1072,7 +1074,7 @@ def _brief(verb: Any, rest: list[Any], asked: set[int]) -> list[Any] | None:
     if len(core) == len(rest):
         return None
     # A measure ("placed forty metres too far west") needs the phrase it measures.
-    if any(t.dep_ == "npadvmod" and t.head == verb for t in verb.doc if t.i in asked):
+    if any(verb.doc[i].dep_ == "npadvmod" and verb.doc[i].head == verb for i in asked):
         return None
     last = core[-1] if core else None
     if last is not None and last.pos_ in ("DET", "ADP", "CCONJ", "SCONJ") and last.dep_ != "prt":
