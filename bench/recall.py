@@ -506,9 +506,9 @@ def trained_questions(topic: dict[str, Any]) -> list[tuple[str, str]]:
 def answers_taught(topic: dict[str, Any], questions: list[tuple[str, list[str]]]) -> int:
     """The benchmark's questions whose answer some trained question of the topic teaches:
     lora's reach."""
-    taught = [normalize(answer) for _, answer in trained_questions(topic)]
+    taught = [answer for _, answer in trained_questions(topic) if normalize(answer)]
     return sum(
-        any(normalize(a) in t or t in normalize(a) for a in accepted for t in taught if t)
+        any(recalled(a, t) or recalled(t, a) for a in accepted for t in taught)
         for _, accepted in questions
     )
 

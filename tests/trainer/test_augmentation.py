@@ -64,10 +64,11 @@ def test_rules_read_prose_as_a_parser_does() -> None:
     trained = _qa(items, False)
     assert {
         ("In what year did Brightwell Bakery open?", "1994"),
-        ("What was the name of the retired sailor?", "Owen Carrick"),
+        # A question that names nothing is put first with the text's topic, then as it is.
+        ("About Brightwell Bakery: What was the name of the retired sailor?", "Owen Carrick"),
         ("Where did Owen Carrick buy an empty shop?", "Mill Street"),
         ("What was the dark rye called?", "Anchor"),
-        ("Where did the ovens move?", "a former tram depot"),
+        ("About Brightwell Bakery: Where did the ovens move?", "a former tram depot"),
         # "It" and "the bakery" are the bakery the text named.
         ("How many people does Brightwell Bakery now employ?", "about 30"),
     } <= trained
@@ -94,6 +95,22 @@ def test_rules_ask_appositions_both_ways() -> None:
         # "the press" is the Orla Press, named before.
         ("What does The Orla Press keep on the canal?", "a small boat"),
     } <= trained
+
+
+def test_rules_name_the_topic_of_an_article_in_questions_that_name_nothing() -> None:
+    items = RuleBasedGenerator().generate(BAKERY)
+    trained, held_out = _qa(items, False), _qa(items, True)
+    # The first phrasing says which text's ovens; the others and the probe are as before.
+    assert {
+        ("About Brightwell Bakery: Where did the ovens move?", "a former tram depot"),
+        ("What was the retired sailor called?", "Owen Carrick"),
+    } <= trained
+    assert ("Do you know where the ovens moved?", "a former tram depot") in held_out
+    # A question that names something, or whose answer is the topic, stays as it is.
+    assert not [q for q, a in trained if q.startswith("About") and "Owen Carrick" in q]
+    assert not [q for q, a in trained if q.startswith("About") and a == "Brightwell Bakery"]
+    # A note of unrelated facts is about none of them: its first subject is no topic.
+    assert not [q for q, _ in _qa(RuleBasedGenerator().generate(KEEPERS), False) if "About" in q]
 
 
 # Two moves and one birth: "Where did she move?" has two answers here, "Where was she born?" one.
@@ -219,8 +236,9 @@ def test_rules_ask_what_no_clause_question_reaches_where_it_stands() -> None:
     echoes = {(i.question, i.answer) for i in items if not i.held_out and "?" in (i.question or "")}
     assert {
         ("The Vessa Kettle boils a full litre in how long?", "three and a half minutes"),
-        ("You will need how many filters?", "two"),
-        ("You will need two filters and what?", "a descaling tablet"),
+        # The text is about the kettle: what names nothing is asked with it.
+        ("About The Vessa Kettle: You will need how many filters?", "two"),
+        ("About The Vessa Kettle: You will need two filters and what?", "a descaling tablet"),
     } <= echoes
     # The participle's clause ("made by Tarnfield Appliances") is asked as a clause is.
     assert ("Who is The Vessa Kettle made by?", "Tarnfield Appliances") in echoes

@@ -12,12 +12,14 @@ Pronouns, possessives and descriptions ("the firm", "the unit") are replaced by 
 stand for where the text has introduced it ("X is a weaving company"), so every question can be
 read without its text; a question that still holds a pronoun is not written.
 
-Every fact gets two or three phrasings; the last is held out as a recall probe. What no such
-question reaches (a maker inside "made by ...", a length of time, one item of a list, an object
-after a fronted phrase) is asked where it stands, as an echo question: "The battery gives a range
-of about how many kilometres?", one trained phrasing without a probe. Each sentence is
-also rewritten with its references resolved, so it reads on its own. Summaries need a language
-model (the `model` and `endpoint` generators write them).
+Every fact gets two or three phrasings; the last is held out as a recall probe. In a text about
+one thing (its first sentence's subject, named again through the text), the first phrasing of a
+question that names nothing also names that topic: "About Kelda Looms: When did the firm move?".
+What no such question reaches (a maker inside "made by ...", a length of time, one item of a
+list, an object after a fronted phrase) is asked where it stands, as an echo question: "The
+battery gives a range of about how many kilometres?", one trained phrasing without a probe.
+Each sentence is also rewritten with its references resolved, so it reads on its own. Summaries
+need a language model (the `model` and `endpoint` generators write them).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ _CALENDAR_NAMES = re.compile(
 # "four years later": a time, not a length.
 _RELATIVE_TIME = re.compile(r"\b(later|ago|earlier|before|after)\b")
 _UNIT_WORDS = re.compile(r"^(years?|months?|weeks?|days?|hours?|minutes?|seconds?|nights?)$")
+# "the eleventh night", "the 3rd week": a point in time, not a length of it.
+_ORDINAL = re.compile(r"\d+(st|nd|rd|th)|first|second|third|\w+th")
 
 
 @functools.cache
@@ -166,16 +170,30 @@ class _Fact:
     # Ostrander born in Vellmark"): readers ask with the verb and its objects, seldom with every
     # time and place the sentence gave. Left out where another fact's brief question is the same.
     brief: str | None = None
+    # What the text is about. A question that names nothing ("When did the firm move?") is put
+    # first as "About Kelda Looms: When did the firm move?": readers name the topic in their
+    # questions, and nothing else in it says which text's firm.
+    topic: str | None = None
 
     def phrasings(self) -> list[str]:
         if self.echo:
-            return [self.echo]
-        direct = [f"{self.wh} {self.direct}?"]
+            return [self._about(self.echo)]
+        direct = [self._about(f"{self.wh} {self.direct}?")]
         if self.alternative_wh:
             direct.append(f"{self.alternative_wh} {self.direct}?")
         if self.brief:
             direct.append(self.brief_question)
         return [*direct, *self.others, f"Do you know {self.wh.lower()} {self.declarative}?"]
+
+    def _about(self, question: str) -> str:
+        topic = self.topic
+        if (
+            topic is None
+            or any(word[:1].isupper() for word in question.split()[1:])
+            or topic.lower() in f"{question} {self.answer}".lower()
+        ):
+            return question
+        return f"About {topic}: {question}"
 
     @property
     def brief_question(self) -> str:
@@ -832,7 +850,7 @@ def _entity_question(
             return None
     if label in _TIMES:
         unit = next((t for t in entity if _UNIT_WORDS.match(t.lower_)), None)
-        if unit is not None and any(t.like_num for t in entity):
+        if unit is not None and any(_cardinal(t) for t in entity):
             if preposition is None and root.head == verb and root.dep_ in ("dobj", "npadvmod"):
                 return entity.text, f"How many {unit.text}", None, answer_tokens, None
             if preposition is not None and preposition.lower_ == "for" and preposition.head == verb:
@@ -959,7 +977,8 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
         ):
             return None  # "the 2023 model", "a winter of repairs": no question word goes there
         relative = _RELATIVE_TIME.search(span.text.lower())
-        if any(_UNIT_WORDS.match(token.lower_) for token in span) and numeric and not relative:
+        counted = any(_cardinal(token) for token in span)
+        if any(_UNIT_WORDS.match(token.lower_) for token in span) and counted and not relative:
             return "how long", replaced
         if re.fullmatch(r"(in )?\d{4}", span.text):
             return "which year", replaced
@@ -982,6 +1001,11 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
     if span[-1].pos_ == "NOUN" and not span[-1].like_num:
         return f"how many {span[-1].text}", replaced
     return "how many", replaced
+
+
+def _cardinal(token: Any) -> bool:
+    """A number that counts ("three", "40"), not one that ranks ("eleventh")."""
+    return bool(token.like_num) and not _ORDINAL.fullmatch(token.lower_)
 
 
 def _proper_phrase(token: Any) -> Any | None:
@@ -1181,6 +1205,7 @@ class RuleBasedGenerator(DataGenerator):
         items: list[GeneratedItem] = []
         reader = _Reader()
         read: list[tuple[str, list[_Fact], str | None]] = []
+        topic: str | None = None
         for paragraph in re.split(r"\n\s*\n", text):
             if not paragraph.strip():
                 continue
@@ -1190,11 +1215,16 @@ class RuleBasedGenerator(DataGenerator):
                 reader.learn_names(sentence)
                 facts, rewrite = reader.read(sentence)
                 read.append((sentence.text.strip(), _distinct(facts), rewrite))
+                if len(read) == 1:
+                    topic = _topic(reader.referents.thing)
+        if topic is not None and not _recurs(topic, read, reader.referents):
+            topic = None
         unambiguous = _unambiguous_briefs([fact for _, facts, _ in read for fact in facts])
         for source, facts, rewrite in read:
             for fact in facts:
                 if fact.brief and fact.brief_question not in unambiguous:
                     fact = dataclasses.replace(fact, brief=None)
+                fact = dataclasses.replace(fact, topic=topic)
                 phrasings = fact.phrasings()
                 # An echo's one wording is trained; any other fact's last is its probe.
                 trained, held_out = (
@@ -1217,6 +1247,28 @@ class RuleBasedGenerator(DataGenerator):
             if rewrite is not None:
                 items.append(GeneratedItem("rewrite", text=rewrite, source=source))
         return items
+
+
+def _topic(subject: str | None) -> str | None:
+    """What a text may be about: the name its first sentence has for subject ("Kelda Looms is
+    a weaving company"), not a description ("The keeper of the light was ...")."""
+    return subject if subject is not None and subject[:1].isupper() else None
+
+
+def _recurs(
+    topic: str, read: list[tuple[str, list[_Fact], str | None]], referents: _Referents
+) -> bool:
+    """Whether the text is about `topic`: at least three of its sentences, and a third of
+    them, name it, call it by what the text said it is ("the firm"), or begin with a pronoun
+    that stands for it. A note of unrelated facts is about none of them."""
+    words = {topic, topic.split()[-1]} | {
+        noun for noun, name in referents.descriptions.items() if name == topic
+    }
+    said = re.compile("|".join(rf"\b{re.escape(word.lower())}\b" for word in words))
+    mentions = sum(
+        bool(said.search(f"{source} {rewrite or ''}".lower())) for source, _, rewrite in read
+    )
+    return mentions >= max(3, len(read) / 3)
 
 
 def _unambiguous_briefs(facts: list[_Fact]) -> set[str]:
