@@ -199,8 +199,10 @@ def test_what_no_kept_question_asks_about_counts_against_recall() -> None:
         GeneratedItem("qa", "When was Acme Corp founded?", "1987", held_out=True),
         GeneratedItem("qa", "Where is the shop of Acme Corp?", "Quay Lane", rejected="wrong"),
         GeneratedItem("rewrite", text="Acme Corp's shop is in Boston."),
+        GeneratedItem("qa", "What did Lena Holt found, with a shop in Boston?", "Acme Corp"),
     ]
-    # Named in a kept question or answer: asked. Only in a rejected item or a rewrite: not.
+    # A kept question's answer, or what it is asked of (the first thing it names): asked. Only
+    # further on in a question, in a rejected item or in a rewrite: not.
     assert unasked_things(text, items) == ["Quay Lane", "Boston"]
     probes = [RecallProbe([1], "1987")]
     assert TrainingSet([], probes, [], unasked=2).recall(1.0) == pytest.approx(1 / 3)
