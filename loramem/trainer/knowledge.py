@@ -188,7 +188,9 @@ def base_model_scorer(model: Any, tokenizer: Any) -> ScoreAnswers:
 
     @torch.no_grad()
     def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
-        prompt = question_ids(tokenizer, with_context(context_block([passage]), question))
+        prompt = question_ids(
+            tokenizer, with_context(context_block([passage] if passage else []), question)
+        )
         answers = [answer_ids(tokenizer, candidate) for candidate in candidates]
         read = model(
             input_ids=torch.tensor([prompt], device=model.device), use_cache=True, logits_to_keep=1

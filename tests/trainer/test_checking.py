@@ -20,6 +20,7 @@ from loramem.trainer.augmentation import (
 )
 from loramem.trainer.augmentation.checking import (
     CHOICE_FLOOR,
+    CHOICE_GAIN_MARGIN,
     CHOICE_MARGIN,
     MAX_RIVALS,
     consistent,
@@ -44,13 +45,16 @@ def _answering(replies: dict[str, str]) -> tuple[list[tuple[str, str]], object]:
 
 
 def _scoring(
-    likelihood: dict[str, list[float]],
+    likelihood: dict[str, list[float]], blind: dict[str, list[float]] | None = None
 ) -> tuple[list[tuple[str, list[str]]], ScoreAnswers]:
-    """A fake scorer: the given scores by question (0 for every candidate elsewhere), and the
-    (question, candidates) it was asked, in order."""
+    """A fake scorer: the given scores by question (0 for every candidate elsewhere), those of
+    `blind` where no passage is read (as with one where it has none), and the (question,
+    candidates) it was asked with a passage, in order."""
     scored: list[tuple[str, list[str]]] = []
 
     def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
+        if not passage:
+            return (blind or likelihood).get(question, [0.0] * len(candidates))
         scored.append((question, list(candidates)))
         return likelihood.get(question, [0.0] * len(candidates))
 
@@ -93,6 +97,28 @@ def test_a_question_answered_wrongly_passes_when_the_reader_chooses_its_answer()
     # The rivals are the other answers asked about, nearest first; one that shares a word is none.
     assert scored[0] == ("When was Kelda Looms started?", ["1962", "forty-two", "the river Lusk"])
     assert scored[2][1] == ["the river Lusk", "forty-two", "1962"]
+
+
+def test_an_answer_of_rare_tokens_passes_when_reading_raised_it_most() -> None:
+    """A likelihood favours common tokens (a year over a name); what reading the passage added
+    to each answer does not."""
+    started = _qa("When was Kelda Looms started?", "1962", TEXT.split(". ")[0] + ".")
+    river = _qa("Which river is the granary beside?", "the river Lusk", "The firm moved ...")
+    staff = _qa("How many people does Kelda Looms employ?", "forty-two", "It now employs ...")
+    _, read = _answering({})
+    _, score = _scoring(
+        likelihood={
+            "Which river is the granary beside?": [-6.0, -3.0, -4.0],  # behind by 3 nats
+            "How many people does Kelda Looms employ?": [-6.0, -3.0, -4.0],
+        },
+        blind={
+            "Which river is the granary beside?": [-12.0, -4.0, -5.0],  # raised 6, rivals 1
+            "How many people does Kelda Looms employ?": [-6.5, -4.0, -5.0],  # raised as much
+        },
+    )
+    checked = check_items([started, river, staff], TEXT, read, score)  # type: ignore[arg-type]
+    assert checked[1].rejected is None
+    assert checked[2].rejected == "reading the passage, the base model answered 'I do not know.'"
 
 
 def test_a_long_text_pits_each_answer_against_its_nearest_rivals_only() -> None:
@@ -151,6 +177,9 @@ def test_restatements_keep_the_facts_of_their_sentence() -> None:
 def test_consistency_reads_the_answer_in_a_sentence_and_small_numbers_either_way() -> None:
     assert consistent("eleven years", "She spent 11 years at sea.")
     assert consistent("about 30", "30 people")
+    assert consistent("forty-one", "The bell is rung 41 times.")
+    assert consistent("23 days", "For twenty three days.")
+    assert not consistent("forty-one", "40 or 1")
     assert consistent("the original looms", "The looms.")
     assert not consistent("1974", "The firm moved to an old granary.")
     assert not consistent("Idris Kell", "")
@@ -187,6 +216,13 @@ def test_the_default_model_chooses_the_answer_its_passage_gives(
     question = "When was Kelda Looms started?"
     scores = score(TEXT, question, ["1962", "forty-two", "the river Lusk"])
     assert scores[0] - max(scores[1:]) >= CHOICE_MARGIN and scores[0] >= CHOICE_FLOOR
+    # A name of rare tokens is less likely than a year, but reading raised it far more.
+    passage = "Maranova retired in 2015. Her successor, Amaru Feld, grew up on Skarholm."
+    successor = "Who was Maranova's successor?"
+    candidates = ["Amaru Feld", "2015", "the clinic"]
+    read, blind = score(passage, successor, candidates), score("", successor, candidates)
+    gains = [r - b for r, b in zip(read, blind, strict=True)]
+    assert gains[0] - max(gains[1:]) >= CHOICE_GAIN_MARGIN
     # Each candidate is scored as if it were read alone after the prompt, whatever its length.
     [alone] = score(TEXT, question, ["the river Lusk"])
     assert alone == pytest.approx(scores[2], abs=1e-3)

@@ -7,9 +7,10 @@ teaches noise). A small base model reads poorly, though: SmolLM2-135M, reading t
 history, answered "When did Maranova retire?" with another sentence of the passage, and so lost
 every question about the year. Where its free answer fails, the model is asked to choose
 instead: the item is kept if, reading the passage, it finds the item's answer likely, and
-likelier than any other answer asked about in the text by a margin (a multiple-choice round
-trip). A rewrite or a summary is kept only when it keeps the names and numbers of what
-it restates and adds none. A rejected item is kept with its reason, for the dashboard, and used
+likelier than any other answer asked about in the text by a margin, or if reading the passage
+raised the item's answer by a margin more than any other (a multiple-choice round trip). A
+rewrite or a summary is kept only when it keeps the names and numbers of what it restates and
+adds none. A rejected item is kept with its reason, for the dashboard, and used
 for nothing.
 """
 
@@ -26,7 +27,7 @@ from loramem.trainer.matching import plain_words
 # (passage, question) pairs -> what the model answers to each, reading the passage.
 ReadBack = Callable[[Sequence[tuple[str, str]]], list[str]]
 # (passage, question, candidate answers) -> how likely the model finds each candidate, reading
-# the passage: the mean log-probability of its tokens.
+# the passage (none where it is ""): the mean log-probability of its tokens.
 ScoreAnswers = Callable[[str, str, Sequence[str]], list[float]]
 
 # How much likelier (nats a token) the item's answer must be than the likeliest other answer,
@@ -35,6 +36,15 @@ ScoreAnswers = Callable[[str, str, Sequence[str]], list[float]]
 # weights) puts about -11 on any answer, and may still rank one first by chance.
 CHOICE_MARGIN = 0.4
 CHOICE_FLOOR = -4.0
+# A likelihood favours answers of common tokens: "2015" at -3.3 nats a token beat "Amaru Feld" at
+# -8.6 for "Who was Ilse Maranova's successor?", though reading the sentence that names him made
+# his name 7.8 nats a token likelier and the year 4.2. So an answer is chosen too when reading
+# raised it by this much more than every other answer. On the eight prose articles of
+# bench.recall this kept 39 more questions (25 to train on, 14 held out as probes; 7 of the 25 as
+# broken as some the old rule lets through: "What can fishermen call that by?"), and kept
+# questions taught 63 of the benchmark's 96 answers against 58. A model that does not read raises
+# no answer.
+CHOICE_GAIN_MARGIN = 1.0
 MAX_RIVALS = 8
 
 MAX_ANSWER_WORDS = 12
@@ -51,14 +61,31 @@ _NUMBER_WORDS = {
     for value, word in enumerate((
         "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-        "nineteen", "twenty",
+        "nineteen",
     ))
-} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100"}  # fmt: skip
+} | {"hundred": "100"}  # fmt: skip
+_TENS = {
+    word: 10 * value
+    for value, word in enumerate(
+        ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"), start=2
+    )
+}
 
 
 def normalized_words(text: str) -> list[str]:
-    """Lower-case words without punctuation, small numbers as digits ("eleven" and "11")."""
-    return [_NUMBER_WORDS.get(word, word) for word in plain_words(text)]
+    """Lower-case words without punctuation, numbers up to 99 as digits ("eleven" and "11",
+    "forty-one" and "41")."""
+    words: list[str] = []
+    tens = 0  # the value of the word before, where it was "twenty" to "ninety"
+    for word in plain_words(text):
+        unit = _NUMBER_WORDS.get(word, word)
+        if tens and len(unit) == 1 and unit != "0":
+            words[-1] = str(tens + int(unit))
+            tens = 0
+            continue
+        tens = _TENS.get(word, 0)
+        words.append(str(tens) if tens else unit)
+    return words
 
 
 def consistent(expected: str, reply: str) -> bool:
@@ -113,16 +140,23 @@ def check_items(
 def _chosen(
     item: GeneratedItem, passage: str, answers: list[str], score_answers: ScoreAnswers
 ) -> bool:
-    """Whether the model, reading the passage, finds the item's answer likely, and likelier
-    than each other answer of the text by the margin. Answers that share a content word with
-    it ("eleven" for "eleven years") are no rivals: choosing between them says nothing."""
+    """Whether the model, reading the passage, prefers the item's answer to each other answer of
+    the text by the margin: finds it likely and likelier, or finds that reading raised it more.
+    Answers that share a content word with it ("eleven" for "eleven years") are no rivals:
+    choosing between them says nothing."""
     own = item.answer or ""
     words = set(_content_words(own))
     rivals = [a for a in answers if not words.intersection(_content_words(a))]
     if not rivals:
         return False
-    scores = score_answers(passage, item.question or "", [own, *rivals])
-    return scores[0] >= CHOICE_FLOOR and scores[0] - max(scores[1:]) >= CHOICE_MARGIN
+    candidates = [own, *rivals]
+    question = item.question or ""
+    read = score_answers(passage, question, candidates)
+    if read[0] >= CHOICE_FLOOR and read[0] - max(read[1:]) >= CHOICE_MARGIN:
+        return True
+    blind = score_answers("", question, candidates)
+    gains = [with_passage - without for with_passage, without in zip(read, blind, strict=True)]
+    return gains[0] - max(max(gains[1:]), 0.0) >= CHOICE_GAIN_MARGIN
 
 
 def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int) -> list[str]:
