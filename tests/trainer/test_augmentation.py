@@ -251,6 +251,25 @@ def test_rules_ask_what_no_clause_question_reaches_where_it_stands() -> None:
     assert not [i for i in items if {"It", "it", "its"} & set((i.question or "")[:-1].split())]
 
 
+def test_rules_ask_how_many_only_of_what_a_number_counts() -> None:
+    text = (
+        "Every spring the village of Orrin releases thousands of paper boats on the lake. "
+        "The harbour keeps a rescue boat that sailors can reach by telephone. "
+        "By last year the count of boats had passed five hundred."
+    )
+    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
+    asked = {(i.question, i.answer) for i in items}
+    assert (
+        "How many paper boats does the village of Orrin release every spring?",
+        "thousands",
+    ) in asked
+    # "How many had the count passed?" counts nothing; "reach that" leans on a relative pronoun.
+    questions = [i.question or "" for i in items]
+    assert not [q for q in questions if q.startswith(("How many had", "How many does"))]
+    assert not [q for q in questions if " that by" in q]
+    assert ("The harbour keeps a rescue boat that sailors can reach by what?", "telephone") in asked
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -488,9 +488,13 @@ class _Reader:
         if (
             verb.dep_ == "relcl"
             and not relative
-            and not any(c.dep_ == "dobj" for c in verb.children)
+            and not any(
+                c.dep_ == "dobj" and c.lower_ not in _RELATIVE_PRONOUNS for c in verb.children
+            )
         ):
-            return []  # "the rye he called Anchor": what it says is about the noun outside it
+            # "the rye he called Anchor", "a line that fishermen can call by radio": what it
+            # says is about the noun outside it, which no question of the clause would name.
+            return []
         head_name = _name_of(verb.head)
         person = head_name is not None and head_name.label_ == "PERSON"
         if relative and person != (subject.lower_ == "who") and subject.lower_ != "that":
@@ -880,7 +884,9 @@ def _entity_question(
                 if t.i not in answer_tokens and t.dep_ not in ("det", "nummod", "quantmod")
             )
             return entity.text, f"How many {unit}", None, {t.i for t in counted_phrase}, None
-        wh = "How many" if label == "CARDINAL" else "How much"
+        wh = "How much" if label != "CARDINAL" else _how_many_of(root)
+        if wh is None:
+            return None
         if root.dep_ == "pobj" and preposition is not None and preposition.head == verb:
             if preposition.lower_ not in _AMOUNT_PREPOSITIONS:
                 return None  # "raised within thirty kilometres": how far, not how much
@@ -909,6 +915,24 @@ def _entity_question(
     if root.dep_ == "pobj" and root.head.dep_ in ("prep", "agent") and root.head.head == verb:
         return entity.text, wh, None, {t.i for t in root.head.subtree}, root.head.text
     return None
+
+
+def _how_many_of(number: Any) -> str | None:
+    """'hundreds of paper lanterns': how many paper lanterns. A number that counts nothing named
+    ('has passed two thousand') makes no "how many" question; as what something is ('the
+    population is 4,000'), it is asked with "what"."""
+    if number.dep_ == "attr":
+        return "What"
+    of = next((c for c in number.children if c.dep_ == "prep" and c.lower_ == "of"), None)
+    counted = next((c for c in of.children if c.dep_ == "pobj"), None) if of is not None else None
+    if counted is None or counted.tag_ != "NNS":
+        return None
+    unit = _words(
+        t
+        for t in counted.subtree
+        if not _inside(t, counted, ("prep", "relcl", "acl")) and t.dep_ not in ("det", "poss")
+    )
+    return f"How many {unit}"
 
 
 def _answer_spans(sentence: Any) -> list[Any]:
