@@ -10,8 +10,7 @@ instead: the item is kept if, reading the passage, it finds the item's answer li
 likelier than any other answer asked about in the text by a margin, or if reading the passage
 raised the item's answer by a margin more than any other (a multiple-choice round trip). A
 rewrite or a summary is kept only when it keeps the names and numbers of what it restates and
-adds none. A rejected item is kept with its reason, for the dashboard, and used
-for nothing.
+adds none. A rejected item is kept with its reason, for the dashboard, and used for nothing.
 """
 
 from __future__ import annotations
