@@ -119,6 +119,12 @@ def test_an_answer_of_rare_tokens_passes_when_reading_raised_it_most() -> None:
     checked = check_items([started, river, staff], TEXT, read, score)  # type: ignore[arg-type]
     assert checked[1].rejected is None
     assert checked[2].rejected == "reading the passage, the base model answered 'I do not know.'"
+    # Raised most, but still as unlikely as a model that does not read finds any answer.
+    _, unread = _scoring(
+        likelihood={"Which river is the granary beside?": [-11.0, -13.0, -14.0]},
+        blind={"Which river is the granary beside?": [-14.0, -12.0, -13.0]},
+    )
+    assert check_items([started, river], TEXT, read, unread)[1].rejected  # type: ignore[arg-type]
 
 
 def test_a_long_text_pits_each_answer_against_its_nearest_rivals_only() -> None:
