@@ -20,6 +20,7 @@ from loramem.trainer.augmentation import (
 )
 from loramem.trainer.augmentation.checking import (
     CHOICE_FLOOR,
+    CHOICE_GAIN_FLOOR,
     CHOICE_GAIN_MARGIN,
     CHOICE_MARGIN,
     MAX_RIVALS,
@@ -228,7 +229,7 @@ def test_the_default_model_chooses_the_answer_its_passage_gives(
     candidates = ["Amaru Feld", "2015", "the clinic"]
     read, blind = score(passage, successor, candidates), score("", successor, candidates)
     gains = [r - b for r, b in zip(read, blind, strict=True)]
-    assert gains[0] - max(gains[1:]) >= CHOICE_GAIN_MARGIN
+    assert gains[0] - max(gains[1:]) >= CHOICE_GAIN_MARGIN and read[0] >= CHOICE_GAIN_FLOOR
     # Each candidate is scored as if it were read alone after the prompt, whatever its length.
     [alone] = score(TEXT, question, ["the river Lusk"])
     assert alone == pytest.approx(scores[2], abs=1e-3)

@@ -42,7 +42,7 @@ CHOICE_FLOOR = -4.0
 # when reading raised it by this much more than every other answer, and is likely enough that a
 # model that does not read could not get there by chance: the tiny random-weight model of the
 # tests scores every answer at -10 to -15 nats a token (the uniform over 49,152 tokens is
-# -10.8), and the passage moves its scores by up to 3 nats either way. On the eight prose
+# -10.8), and the passage moves its scores by up to 4.3 nats either way. On the eight prose
 # articles of bench.recall, with it (and "forty-one" read as 41) 35 more questions passed (25
 # trained, 11 held-out probes; 5 of the 25 as broken as some the old rule lets through:
 # "Quillmark came from added to what?"), and kept questions taught 64 of the benchmark's 96

@@ -36,6 +36,6 @@ def unasked_things(text: str, items: Iterable[GeneratedItem]) -> list[str]:
 
 def _first_named(question: str, things: list[str]) -> str | None:
     padded = f" {normalize(question)} "
-    found = [(padded.find(f" {normalize(t)} "), t) for t in things if normalize(t)]
+    found = [(padded.find(f" {said} "), t) for t in things if (said := normalize(t))]
     named = [(at, thing) for at, thing in found if at >= 0]
     return min(named)[1] if named else None
