@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -268,6 +269,30 @@ def test_rules_ask_how_many_only_of_what_a_number_counts() -> None:
     assert not [q for q in questions if q.startswith(("How many had", "How many does"))]
     assert not [q for q in questions if " that by" in q]
     assert ("The harbour keeps a rescue boat that sailors can reach by what?", "telephone") in asked
+
+
+def test_rules_do_not_ask_what_a_misread_sentence_would_teach_wrong() -> None:
+    text = (
+        "The old mill, a brick warehouse designed by the engineer Piet Sorrel in 1887, had been "
+        "empty since a flood in 1953. Its founder, a baker named Ivo Strand, opened the shop in "
+        "1921. The keeper, Ada Lune, says the ferry plans to add a night crossing next summer. "
+        "The ferry rides the tide and hoped to reach Vell by noon. "
+        "The frame is bent steel, and the only spare parts are a chain, two pedals and a bell."
+    )
+    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
+    asked = {(i.question, i.answer) for i in items}
+    # The architect's name is inside the mill's apposition, not the mill's name.
+    assert not [q for q, a in asked if a == "Piet Sorrel" and "empty" in (q or "")]
+    assert ("When had the old mill been empty since a flood?", "1953") in asked
+    # A name given by an apposition's own naming verb is the subject's name.
+    assert ("When did Ivo Strand open the shop?", "1921") in asked
+    # Saying is no fact without what is said.
+    assert not [q for q, _ in asked if (q or "").endswith("says?")]
+    # "rides" and "hoped" are forms of "ride" and "hope", whatever the lemmatizer says.
+    assert ("What does the ferry ride?", "the tide") in asked
+    assert ("When did the ferry hope to reach Vell?", "noon") in asked
+    # A conjunction left joining nothing: the parser misread the sentence.
+    assert not [q for q, _ in asked if re.search(r"(\band|,)\s*\?$", q or "")]
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,8 @@ _NOUN_CHUNK = "NP"
 # "Instead of a chain, the Aster uses a belt, which lasts": a clause an echo question can carry.
 _ECHO_CLAUSE_DEPS = _CLAUSE_DEPS | {"parataxis"}
 # Children of a verb that are other clauses (each asked on its own) or joints between them.
+# What a verb says of its subject besides a clause: objects, complements, prepositional phrases.
+_COMPLEMENTS = {"dobj", "dative", "attr", "oprd", "acomp", "prep", "agent"}
 _OTHER_CLAUSE = {"conj", "cc", "advcl", "ccomp", "parataxis", "mark", "punct", "relcl", "dep"}
 _PLACE_PREPOSITIONS = {"in", "at", "on", "near", "inside", "into", "to", "onto", "beside"}
 _TIME_PREPOSITIONS = {"in", "on", "at", "during", "since", "until", "by", "after", "before"}
@@ -225,15 +227,36 @@ def _is_apposition(token: Any) -> bool:
 
 
 def _named_apposition(head: Any) -> Any | None:
-    """The name a noun phrase gives its head: 'Its founder, Ilse Maranova,' or 'a sailor named
-    Owen Carrick'."""
-    for child in head.children:
-        if _is_apposition(child) or (child.dep_ in ("acl", "relcl") and child.lemma_ in _NAMING):
-            for token in child.subtree:
-                entity = _name_of(token)
-                if entity is not None and entity.label_ in _NAMED_ENTITIES:
-                    return entity
+    """The name a noun phrase gives its head: 'Its founder, Ilse Maranova,', 'its founder, the
+    chemist Ilse Maranova,', 'a sailor named Owen Carrick' or 'its founder, a doctor named Ilse
+    Maranova,'. Not a name further inside the apposition: in 'The building, a former exchange
+    designed by the architect Tomas Vey,' the parser made the architect's name an apposition of
+    the exchange, but it names neither the exchange nor the building."""
+    for token in _naming(head):
+        entity = _name_of(token)
+        if entity is not None and entity.label_ in _NAMED_ENTITIES:
+            return entity
     return None
+
+
+def _naming(head: Any, apposed: bool = False) -> list[Any]:
+    """The words that may name `head`: the objects of a naming verb ('named'), and an apposition
+    with the words that name it in turn (at one remove only)."""
+    words: list[Any] = []
+    for child in head.children:
+        if child.dep_ in ("acl", "relcl") and child.lemma_ in _NAMING:
+            words.extend(c for c in child.children if c.dep_ in ("oprd", "dobj", "attr", "appos"))
+        elif _is_apposition(child) and not apposed:
+            words.append(child)
+            words.extend(c for c in child.children if c.dep_ == "appos" and _close(c))
+            words.extend(_naming(child, apposed=True))
+    return words
+
+
+def _close(apposition: Any) -> bool:
+    """Whether an apposition follows its head word at once, as a name does a title ('the chemist
+    Ilse Maranova')."""
+    return apposition.left_edge.i == apposition.head.i + 1
 
 
 def _is_place(entity: Any) -> bool:
@@ -299,7 +322,7 @@ class _Reader:
                 return None
             parts.append(token.text)
         text = _tidy(" ".join(parts))
-        if not text or len(text.split()) > MAX_PHRASE_WORDS:
+        if not text or len(text.split()) > MAX_PHRASE_WORDS or _dangling(text):
             return None
         return _unfronted(text, head)
 
@@ -499,6 +522,12 @@ class _Reader:
         person = head_name is not None and head_name.label_ == "PERSON"
         if relative and person != (subject.lower_ == "who") and subject.lower_ != "that":
             return []  # "who" after a thing, "which" after a person: the parser's guess is off
+        if any(_finite_clause(c) for c in verb.children if c.dep_ == "ccomp") and not any(
+            c.dep_ in _COMPLEMENTS for c in verb.children
+        ):
+            # "The director says the museum hopes to ...": the saying is no fact without what
+            # is said, which is a clause of its own ("Who says?").
+            return []
         said = self.phrase(verb.head) if relative else self.phrase(subject)
         if said is None:
             return []
@@ -719,7 +748,7 @@ class _Reader:
             support = {"VBD": "did", "VBZ": "does", "VBP": "do"}.get(verb.tag_)
             if support is None:
                 return None
-            plain = [verb.lemma_ if w == verb.text else w for w in words]
+            plain = [_bare(verb) if w == verb.text else w for w in words]
             direct = f"{support} {subject} {' '.join(plain)}{tail}"
             declarative = f"{subject} {' '.join(words)}{tail}"
         direct, declarative = _tidy(direct), _tidy(declarative)
@@ -1085,6 +1114,46 @@ def _subject(verb: Any) -> Any | None:
         verb = verb.head
 
 
+def _finite_clause(verb: Any) -> bool:
+    """Whether `verb` heads a clause with a tense or a subject of its own ("the museum hopes"),
+    not a gerund or an infinitive ("recommends fitting a filter")."""
+    return (
+        verb.tag_ in ("VBZ", "VBD", "VBP")
+        or _subject(verb) is not None
+        or any(c.tag_ == "MD" for c in verb.children)
+    )
+
+
+def _bare(verb: Any) -> str:
+    """The verb's bare form, for a question with "do": its lemma, unless the lemma lost an "e"
+    that the verb as written shows ("hopes" and "hoped" read as forms of "hop", "rides" of
+    "rid": the small pipeline's lemmatizer strips the ending and finds the shorter word)."""
+    lemma, written = verb.lemma_, verb.lower_
+    inflect = {"VBZ": _third_person, "VBD": _regular_past}.get(verb.tag_)
+    if inflect is None or lemma in ("be", "have", "do") or inflect(lemma) == written:
+        return str(lemma)
+    with_e = f"{lemma}e"
+    return with_e if inflect(with_e) == written else str(lemma)
+
+
+def _third_person(bare: str) -> str:
+    if bare.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return f"{bare}es"
+    if re.search(r"[^aeiou]y$", bare):
+        return f"{bare[:-1]}ies"
+    return f"{bare}s"
+
+
+def _regular_past(bare: str) -> str:
+    if bare.endswith("e"):
+        return f"{bare}d"
+    if re.search(r"[^aeiou]y$", bare):
+        return f"{bare[:-1]}ied"
+    if re.fullmatch(r"[^aeiou]*[aeiou][^aeiouwxy]", bare):
+        return f"{bare}{bare[-1]}ed"  # one syllable: "hop", "hopped"
+    return f"{bare}ed"
+
+
 def _clause_body(verb: Any, subject: Any) -> list[Any]:
     """The clause's own words, without its subject and the other clauses joined to it."""
     dropped = {t.i for t in subject.subtree} if subject.head == verb else set()
@@ -1214,12 +1283,23 @@ def _lower_first(text: str, first: Any) -> str:
 
 _SPACE_BEFORE = re.compile(r"\s+([,.;:!?%)]|'s\b|n't\b)")
 _SPACE_AFTER = re.compile(r"([($])\s+")
+_REPEATED_COMMA = re.compile(r",(?:\s*,)+")
+_DANGLING_CONJUNCTION = re.compile(r"(?:^|[\s,])(?:and|or|but|nor),?\s*$")
 
 
 def _tidy(text: str) -> str:
+    """Spaced as written, without the commas that the parts left out of it leave behind ("the
+    prefilter,, between" where an aside was dropped)."""
     text = _SPACE_AFTER.sub(r"\1", _SPACE_BEFORE.sub(r"\1", " ".join(text.split())))
-    text = text.replace(" - ", "-").strip(" ,;:")
-    return text
+    return _REPEATED_COMMA.sub(",", text.replace(" - ", "-")).strip(" ,;:")
+
+
+def _dangling(text: str) -> bool:
+    """Whether a phrase or question ends in a conjunction with nothing joined to it: "a café,
+    and" of "A café run by a bakery occupies the floor, and the reading room holds ...", where
+    the parser made "occupies" part of the café's phrase, or "The body is what, and?". Such a
+    sentence was misread, and a question from it would teach a wrong fact."""
+    return bool(_DANGLING_CONJUNCTION.search(text.rstrip("?")))
 
 
 class RuleBasedGenerator(DataGenerator):
@@ -1250,6 +1330,8 @@ class RuleBasedGenerator(DataGenerator):
                     fact = dataclasses.replace(fact, brief=None)
                 fact = dataclasses.replace(fact, topic=topic)
                 phrasings = fact.phrasings()
+                if any(_dangling(question) for question in phrasings):
+                    continue
                 # An echo's one wording is trained; any other fact's last is its probe.
                 trained, held_out = (
                     (phrasings, None) if fact.echo else (phrasings[:-1], phrasings[-1])
