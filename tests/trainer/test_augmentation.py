@@ -295,6 +295,31 @@ def test_rules_do_not_ask_what_a_misread_sentence_would_teach_wrong() -> None:
     assert not [q for q, _ in asked if re.search(r"(\band|,)\s*\?$", q or "")]
 
 
+def test_rules_ask_what_an_instruction_tells_the_reader_to_do() -> None:
+    text = (
+        "To make the glaze, melt two spoons of butter in a small pan. For every cake, add forty "
+        "grams of sugar. Pour the glaze over the cake and leave it somewhere cool. Never put the "
+        "cake in the freezer. The baker wrote that the glaze keeps well."
+    )
+    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
+    asked = {(i.question, i.answer) for i in items}
+    assert ("What do you melt in a small pan?", "two spoons") in asked or (
+        "How many spoons do you melt of butter in a small pan?",
+        "two",
+    ) in asked
+    assert ("How much do you add for every cake?", "forty grams") in asked
+    assert ("What do you pour?", "the glaze") in asked
+    probes = [i.question or "" for i in items if i.held_out]
+    assert "Do you know what you pour?" in probes  # lower-cased where it moved
+    questions = [i.question or "" for i in items]
+    # "it" could be the glaze or the cake; "never" would be taught as its opposite.
+    assert not [q for q in questions if "somewhere cool" in q]
+    assert [q for q in questions if "freezer" in q]  # asked where it stands, with its "never"
+    assert not [q for q in questions if "freezer" in q and "never" not in q.lower()]
+    # Past-tense and third-person verbs without a subject are no instructions.
+    assert not [q for q in questions if q.startswith(("What do the baker", "What do the glaze"))]
+
+
 @pytest.mark.parametrize(
     "text",
     [

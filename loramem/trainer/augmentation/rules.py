@@ -506,7 +506,7 @@ class _Reader:
     def _clause(self, verb: Any) -> list[_Fact]:
         subject = _subject(verb)
         if subject is None:
-            return []
+            return self._instruction(verb) if _imperative(verb) else []
         relative = subject.lower_ in _RELATIVE_PRONOUNS
         if (
             verb.dep_ == "relcl"
@@ -549,6 +549,19 @@ class _Reader:
         body = _clause_body(verb, subject)
         return self._facts(verb, subject, said, auxiliaries, body, bound)
 
+    def _instruction(self, verb: Any) -> list[_Fact]:
+        """'For every kilo of cabbage, add twenty grams of salt': what do you add for every kilo
+        of cabbage? Recipes, manuals and procedures are written in the imperative, and the one
+        who reads them is "you". A clause that leans on a pronoun ("leave it somewhere warm")
+        asks nothing: which thing "it" is, an instruction seldom says. Nor does a negated one,
+        whose question would teach the opposite."""
+        body = [_Lowered(t) if t.i == t.sent.start else t for t in _clause_body(verb, None)]
+        if any(t.pos_ == "PRON" and t.lower_ not in _SECOND_PERSON for t in body):
+            return []
+        if any(c.dep_ == "neg" or c.lower_ == "never" for c in verb.children):
+            return []  # "Never connect it to a hot tap": asked "what do you connect?", inverted
+        return self._facts(verb, None, "you", [], body, frozenset())
+
     def _participle(self, verb: Any) -> list[_Fact]:
         """'the bridge, built in 1890 by Thomas Arden,': a passive clause without its subject
         and auxiliary, both given back: when was the bridge built? Who built it?"""
@@ -583,14 +596,14 @@ class _Reader:
     def _facts(
         self,
         verb: Any,
-        subject: Any,
+        subject: Any | None,
         said: str,
         auxiliaries: list[str],
         body: list[Any],
         bound: frozenset[str],
     ) -> list[_Fact]:
-        """The facts of one clause: `subject` is its subject's token, `said` how a question says
-        it, `body` the clause's words without it."""
+        """The facts of one clause: `subject` is its subject's token (None for an instruction's
+        unsaid "you"), `said` how a question says it, `body` the clause's words without it."""
         facts: list[_Fact] = []
         for answer, wh, alternative, removed, stranded in _answers(verb, subject, body):
             rest = _trimmed([t for t in body if t.i not in removed])
@@ -746,6 +759,8 @@ class _Reader:
             declarative = f"{subject} {' '.join(words)}{tail}"
         else:
             support = {"VBD": "did", "VBZ": "does", "VBP": "do"}.get(verb.tag_)
+            if verb.tag_ == "VB" and _imperative(verb):
+                support = "do"  # the instruction's unsaid "you"
             if support is None:
                 return None
             plain = [_bare(verb) if w == verb.text else w for w in words]
@@ -793,13 +808,13 @@ class _Reader:
 
 
 def _answers(
-    verb: Any, subject: Any, body: list[Any]
+    verb: Any, subject: Any | None, body: list[Any]
 ) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
     """(answer, wh-word, another wh-word, tokens the question leaves out, preposition left at its
     end) for each thing the clause states."""
     in_body = {t.i for t in body}
-    subject_entity = _name_of(subject)
-    if subject_entity is None or subject_entity.root != subject:
+    subject_entity = None if subject is None else _name_of(subject)
+    if subject is not None and (subject_entity is None or subject_entity.root != subject):
         subject_entity = _named_apposition(subject)
     if subject_entity is not None and subject_entity.label_ in _NAMED_ENTITIES and body:
         wh = "Who" if subject_entity.label_ == "PERSON" else "What"
@@ -817,7 +832,7 @@ def _answers(
             child.dep_ in ("dobj", "attr")
             and child.pos_ == "NOUN"
             and not _name_of(child)
-            and not (child.dep_ == "attr" and _name_of(subject) is None)
+            and not (child.dep_ == "attr" and (subject is None or _name_of(subject) is None))
         ):
             chunk = [
                 t
@@ -864,7 +879,7 @@ def _prepositional_objects(
             continue  # a common noun after in / on / at is a time or a place as often as a thing
         answer = _words(t for t in thing.subtree if not _inside(t, thing, ("relcl", "acl", "prep")))
         if 0 < len(answer.split()) <= MAX_ANSWER_WORDS:
-            yield answer, "What", None, {t.i for t in preposition.subtree}, preposition.text
+            yield answer, "What", None, {t.i for t in preposition.subtree}, preposition.lower_
 
 
 def _entity_question(
@@ -1114,6 +1129,24 @@ def _subject(verb: Any) -> Any | None:
         verb = verb.head
 
 
+def _imperative(verb: Any) -> bool:
+    """Whether `verb` gives an instruction: a bare verb heading its sentence (or joined to one
+    that does) with no subject, auxiliary or "to" of its own, in a sentence that asks nothing."""
+    head = verb.head if verb.dep_ == "conj" else verb
+    # The small pipeline tags some instructions as the present tense ("melt two spoons": VBP).
+    return (
+        verb.tag_ in ("VB", "VBP")
+        and verb.pos_ == "VERB"
+        and head.dep_ == "ROOT"
+        and head.tag_ in ("VB", "VBP")
+        and not any(
+            c.dep_ in ("aux", "auxpass", "nsubj", "nsubjpass")
+            for c in (*verb.children, *head.children)
+        )
+        and not verb.sent.text.rstrip().endswith("?")
+    )
+
+
 def _finite_clause(verb: Any) -> bool:
     """Whether `verb` heads a clause with a tense or a subject of its own ("the museum hopes"),
     not a gerund or an infinitive ("recommends fitting a filter")."""
@@ -1154,9 +1187,12 @@ def _regular_past(bare: str) -> str:
     return f"{bare}ed"
 
 
-def _clause_body(verb: Any, subject: Any) -> list[Any]:
-    """The clause's own words, without its subject and the other clauses joined to it."""
-    dropped = {t.i for t in subject.subtree} if subject.head == verb else set()
+def _clause_body(verb: Any, subject: Any | None) -> list[Any]:
+    """The clause's own words, without its subject (None: an instruction's) and the other
+    clauses joined to it."""
+    dropped = (
+        {t.i for t in subject.subtree} if subject is not None and subject.head == verb else set()
+    )
     for child in verb.children:
         if child.dep_ in ("nsubj", "nsubjpass"):
             dropped.update(t.i for t in child.subtree)
@@ -1167,14 +1203,15 @@ def _clause_body(verb: Any, subject: Any) -> list[Any]:
             dropped.update(t.i for t in child.subtree)
     body = [t for t in verb.subtree if t.i not in dropped and not _inside_dropped(t, verb)]
     # "After ten years the bakery had outgrown the shop": the adjunct goes to the question's end.
-    fronted = [t for t in body if t.i < subject.left_edge.i]
+    start = verb.i if subject is None else subject.left_edge.i
+    fronted = [t for t in body if t.i < start]
     if (
         fronted
         and fronted[0].i == fronted[0].sent.start
         and fronted[0].ent_type_ in ("", "DATE", "TIME")
     ):
         fronted[0] = _Lowered(fronted[0])
-    body = [t for t in body if t.i >= subject.left_edge.i] + fronted
+    body = [t for t in body if t.i >= start] + fronted
     return body
 
 
