@@ -252,14 +252,19 @@ def test_rules_ask_what_no_clause_question_reaches_where_it_stands() -> None:
     assert not [i for i in items if {"It", "it", "its"} & set((i.question or "")[:-1].split())]
 
 
+def _questions(text: str) -> tuple[list[GeneratedItem], set[tuple[str | None, str | None]]]:
+    """The rules' QA items for `text`, and their (question, answer) pairs."""
+    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
+    return items, {(i.question, i.answer) for i in items}
+
+
 def test_rules_ask_how_many_only_of_what_a_number_counts() -> None:
     text = (
         "Every spring the village of Orrin releases thousands of paper boats on the lake. "
         "The harbour keeps a rescue boat that sailors can reach by telephone. "
         "By last year the count of boats had passed five hundred."
     )
-    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
-    asked = {(i.question, i.answer) for i in items}
+    items, asked = _questions(text)
     assert (
         "How many paper boats does the village of Orrin release every spring?",
         "thousands",
@@ -279,8 +284,7 @@ def test_rules_do_not_ask_what_a_misread_sentence_would_teach_wrong() -> None:
         "The ferry rides the tide and hoped to reach Vell by noon. "
         "The frame is bent steel, and the only spare parts are a chain, two pedals and a bell."
     )
-    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
-    asked = {(i.question, i.answer) for i in items}
+    _, asked = _questions(text)
     # The architect's name is inside the mill's apposition, not the mill's name.
     assert not [q for q, a in asked if a == "Piet Sorrel" and "empty" in (q or "")]
     assert ("When had the old mill been empty since a flood?", "1953") in asked
@@ -301,8 +305,7 @@ def test_rules_ask_what_an_instruction_tells_the_reader_to_do() -> None:
         "grams of sugar. Pour the glaze over the cake and leave it somewhere cool. Never put the "
         "cake in the freezer. The baker wrote that the glaze keeps well."
     )
-    items = [i for i in RuleBasedGenerator().generate(text) if i.kind == "qa"]
-    asked = {(i.question, i.answer) for i in items}
+    items, asked = _questions(text)
     assert ("What do you melt in a small pan?", "two spoons") in asked or (
         "How many spoons do you melt of butter in a small pan?",
         "two",
