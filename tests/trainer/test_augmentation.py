@@ -299,6 +299,21 @@ def test_rules_do_not_ask_what_a_misread_sentence_would_teach_wrong() -> None:
     assert not [q for q, _ in asked if re.search(r"(\band|,)\s*\?$", q or "")]
 
 
+def test_rules_ask_how_many_of_what_is_counted_not_of_labels() -> None:
+    _, asked = _questions(
+        "Owners can keep version 2.7 until June. The Tarn heater burns about nine litres of oil "
+        "an hour. More than 400 heaters have been sold in Norway. The shop sells one heater a day."
+    )
+    assert (
+        "How many litres an hour does the Tarn heater burn of oil?",
+        "about nine",
+    ) in asked
+    assert ("Where have more than 400 heaters been sold?", "Norway") in asked
+    questions = [q or "" for q, _ in asked]
+    assert not [q for q in questions if "how many" in q.lower() and "version" in q]
+    assert not [q for q in questions if "how many heater " in q.lower()]
+
+
 def test_rules_ask_what_an_instruction_tells_the_reader_to_do() -> None:
     text = (
         "To make the glaze, melt two spoons of butter in a small pan. For every cake, add forty "

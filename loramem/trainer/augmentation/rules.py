@@ -914,7 +914,9 @@ def _entity_question(
         counted = root.head if root.dep_ == "nummod" and root.head.i not in answer_tokens else None
         if counted is not None and counted.pos_ == "NOUN" and label == "CARDINAL":
             if (
-                counted.dep_ not in ("dobj", "attr")
+                counted.i < root.i  # "version 4.1", "room 12": a number that names, not counts
+                or counted.tag_ != "NNS"  # "one apple a year": "how many apple" asks nothing
+                or counted.dep_ not in ("dobj", "attr")
                 or counted.head != verb
                 or any(c.dep_ in ("appos", "conj") for c in counted.children)
             ):
@@ -922,10 +924,13 @@ def _entity_question(
             counted_phrase = [
                 t for t in counted.subtree if not _inside(t, counted, ("prep", "relcl", "acl"))
             ]
+            # "20 litres a minute": how many litres a minute; "the 20 litres": how many litres.
             unit = _words(
                 t
                 for t in counted_phrase
-                if t.i not in answer_tokens and t.dep_ not in ("det", "nummod", "quantmod")
+                if t.i not in answer_tokens
+                and t.dep_ not in ("nummod", "quantmod")
+                and not (t.dep_ == "det" and t.head == counted)
             )
             return entity.text, f"How many {unit}", None, {t.i for t in counted_phrase}, None
         wh = "How much" if label != "CARDINAL" else _how_many_of(root)
@@ -1063,6 +1068,8 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
     if label not in ("CARDINAL", "QUANTITY"):
         return None
     counted = root.head
+    if root.dep_ == "nummod" and counted.i < span.start:
+        return None  # "firmware 2.7": a number that names its noun asks no "how many"
     if root.dep_ == "nummod" and counted.pos_ == "NOUN" and counted.i == span.end:
         determiners = {c.i for c in counted.children if c.dep_ == "det"}
         return f"how many {counted.text}", replaced | {counted.i} | determiners
@@ -1313,7 +1320,9 @@ def _unfronted(text: str, head: Any) -> str:
 
 
 def _lower_first(text: str, first: Any) -> str:
-    if first.pos_ in ("PROPN",) or first.ent_type_:
+    """`text` with `first`, its first word, lower-cased unless it begins a name ("More than
+    3,000 pumps" and "Last year" are lower-cased inside a question)."""
+    if first.pos_ == "PROPN" or first.ent_type_ in _NAMED_ENTITIES:
         return text
     return text[0].lower() + text[1:]
 
