@@ -314,6 +314,20 @@ def test_rules_ask_how_many_of_what_is_counted_not_of_labels() -> None:
     assert not [q for q in questions if "how many heater " in q.lower()]
 
 
+def test_rules_keep_she_for_whom_she_first_stood_for() -> None:
+    _, asked = _questions(
+        "Lena Brock was a potter of bowls and jugs. Born in 1950 in the mill town of Varn, she "
+        "was the eldest of three children of a weaver. She studied at the School of Crafts in "
+        "Tessel, where her teacher, the woodcarver Emil Roth, told her that she would never sell "
+        "a pot.\n\nShe proved him wrong. She opened a studio in 1980. Her first show, held in "
+        "1984 at a library, sold out."
+    )
+    # The teacher is the last person named, but "she" was Lena Brock already.
+    assert ("When did Lena Brock open a studio?", "1980") in asked
+    assert ("When was Lena Brock's first show held?", "1984") in asked  # no "show,." left
+    assert not [q for q, _ in asked if "Emil Roth open" in (q or "") or "Roth's" in (q or "")]
+
+
 def test_rules_ask_what_an_instruction_tells_the_reader_to_do() -> None:
     text = (
         "To make the glaze, melt two spoons of butter in a small pan. For every cake, add forty "

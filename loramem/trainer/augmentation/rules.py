@@ -125,6 +125,11 @@ class _Referents:
                 return self.gendered[gender]
             if self.person in self.gendered.values():
                 return None  # the last person named is known to be the other one
+            if self.person is not None:
+                # Whoever "she" first stood for, she stands for from here on: in "Mirela Vasko
+                # was a painter. Born in 1931, she ... where her teacher, Oskar Haan, told her
+                # ... She proved him wrong.", the last person named is the teacher.
+                self.gendered[gender] = self.person
             return self.person
         if lower in _NEUTER:
             return None if self.thing in self.gendered.values() else self.thing
@@ -321,7 +326,9 @@ class _Reader:
             if token.lower_ in _PERSONAL | _NEUTER | _UNRESOLVABLE and token.pos_ == "PRON":
                 return None
             parts.append(token.text)
-        text = _tidy(" ".join(parts))
+        # Without the sentence's full stop, which a phrase whose clause was left out can end in
+        # ("Her first exhibition, held in 1958 ..., sold out.": "Her first exhibition,.").
+        text = _tidy(" ".join(parts)).rstrip(" .,;:")
         if not text or len(text.split()) > MAX_PHRASE_WORDS or _dangling(text):
             return None
         return _unfronted(text, head)
