@@ -251,11 +251,27 @@ def _naming(head: Any, apposed: bool = False) -> list[Any]:
     for child in head.children:
         if child.dep_ in ("acl", "relcl") and child.lemma_ in _NAMING:
             words.extend(c for c in child.children if c.dep_ in ("oprd", "dobj", "attr", "appos"))
-        elif _is_apposition(child) and not apposed:
+        elif _is_apposition(child) and not apposed and _apposed_to(child) == head:
             words.append(child)
             words.extend(c for c in child.children if c.dep_ == "appos" and _close(c))
             words.extend(_naming(child, apposed=True))
     return words
+
+
+def _apposed_to(apposition: Any) -> Any:
+    """The noun an apposition names: its head, or the noun right before it where nothing
+    separates them, whatever the parse says ("an exchange designed by the architect Tomas Vey":
+    the parser made the name an apposition of the exchange; it is the architect's)."""
+    start = apposition.left_edge.i
+    before = apposition.doc[start - 1] if start > 0 else None
+    if (
+        before is not None
+        and before != apposition.head
+        and before.pos_ == "NOUN"
+        and apposition.head.i < before.i
+    ):
+        return before
+    return apposition.head
 
 
 def _close(apposition: Any) -> bool:
@@ -408,7 +424,7 @@ class _Reader:
         """'a sailor named Owen Carrick', 'Its founder, Ilse Maranova,': what is the sailor's
         name? And 'Tomas Reyd, a local boatbuilder,' the other way: who is Tomas Reyd?"""
         if _is_apposition(token):
-            named, described = token, token.head
+            named, described = token, _apposed_to(token)
         else:
             named = next((c for c in token.children if c.dep_ in ("oprd", "attr", "dobj")), None)
             described = token.head
@@ -511,6 +527,11 @@ class _Reader:
         return [_Fact(wh, answer, f"{verb} {subject}", f"{subject} {verb}")]
 
     def _clause(self, verb: Any) -> list[_Fact]:
+        if any(c.dep_ == "aux" and c.tag_ == "TO" for c in verb.children):
+            # "makes a good weight to keep the cabbage under": an infinitive has no subject or
+            # tense of its own, whatever the parser made its subject ("What to a good weight
+            # keep?").
+            return []
         subject = _subject(verb)
         if subject is None:
             return self._instruction(verb) if _imperative(verb) else []
