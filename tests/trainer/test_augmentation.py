@@ -320,6 +320,9 @@ def test_rules_ask_how_many_of_what_is_counted_not_of_labels() -> None:
         "about nine",
     ) in asked
     assert ("Where have more than 400 heaters been sold?", "Norway") in asked
+    # A count as subject is said with what it counts.
+    _, birds = _questions("Every May, thousands of puffins return to the cliffs.")
+    assert [q for q, a in birds if "thousands of puffins" in (q or "") and a == "the cliffs"]
     questions = [q or "" for q, _ in asked]
     assert not [q for q in questions if "how many" in q.lower() and "version" in q]
     assert not [q for q in questions if "how many heater " in q.lower()]

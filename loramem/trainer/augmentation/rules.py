@@ -318,7 +318,13 @@ class _Reader:
         if lower in _UNRESOLVABLE:
             return None
         entity = _name_of(head)
-        if by_name and entity is not None and entity.root == head:
+        # A name says the whole phrase; a count does not ("thousands" of "thousands of puffins").
+        if (
+            by_name
+            and entity is not None
+            and entity.root == head
+            and entity.label_ in _NAMED_ENTITIES
+        ):
             return entity.text
         named = _named_apposition(head) if by_name else None
         if named is not None:
