@@ -320,6 +320,16 @@ def test_rules_ask_how_many_of_what_is_counted_not_of_labels() -> None:
         "about nine",
     ) in asked
     assert ("Where have more than 400 heaters been sold?", "Norway") in asked
+    # One of two times is asked without the other ("leaves at half past five when?" and no
+    # "when and at four in the winter?").
+    _, ferry = _questions(
+        "The last ferry back to the mainland leaves at half past five in the summer and at four "
+        "in the winter."
+    )
+    assert ("The last ferry back to the mainland leaves when in the summer?", "half past five") in (
+        ferry
+    )
+    assert not [q for q, _ in ferry if "when and" in (q or "")]
     # A count as subject is said with what it counts.
     _, birds = _questions("Every May, thousands of puffins return to the cliffs.")
     assert [q for q, a in birds if "thousands of puffins" in (q or "") and a == "the cliffs"]

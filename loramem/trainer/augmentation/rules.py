@@ -1046,10 +1046,11 @@ def _answer_spans(sentence: Any) -> list[Any]:
 
 def _without_other_conjuncts(tokens: list[Any], span: Any) -> list[Any]:
     """Without the things listed beside `span`: '400 grams of rye flour, 100 grams of white
-    flour and ten grams of salt' asks about one of them at a time."""
+    flour and ten grams of salt' asks about one of them at a time, as does 'at half past five in
+    the summer and at four in the winter'."""
     dropped: set[int] = set()
     for token in tokens:
-        if token.dep_ != "conj" or token.pos_ not in ("NOUN", "PROPN", "NUM"):
+        if token.dep_ != "conj" or token.pos_ not in ("NOUN", "PROPN", "NUM", "ADP"):
             continue
         if token.left_edge.i <= span.start and span.end - 1 <= token.right_edge.i:
             continue
