@@ -308,6 +308,14 @@ def test_rules_do_not_ask_what_a_misread_sentence_would_teach_wrong() -> None:
     assert not [q for q, _ in weight if (q or "").startswith("What to")]
     # A conjunction left joining nothing: the parser misread the sentence.
     assert not [q for q, _ in asked if re.search(r"(\band|,)\s*\?$", q or "")]
+    _, joined = _questions(
+        "The body is cast iron, and the only moving parts are a piston, two valves and a lever. "
+        "A café run by a local bakery occupies the old trading floor, and the reading room "
+        "upstairs holds the valley's parish records."
+    )
+    # The parser read "The body is cast iron, and" as one clause and made "occupies" part of
+    # the café's phrase: "The body is what, and?", "What does a café, and hold?".
+    assert not [q for q, _ in joined if re.search(r"(\band|,)\s*\?$|café, and", q or "")]
 
 
 def test_rules_ask_how_many_of_what_is_counted_not_of_labels() -> None:
@@ -372,6 +380,15 @@ def test_rules_ask_what_an_instruction_tells_the_reader_to_do() -> None:
     assert not [q for q in questions if "somewhere cool" in q]
     assert [q for q in questions if "freezer" in q]  # asked where it stands, with its "never"
     assert not [q for q in questions if "freezer" in q and "never" not in q.lower()]
+    _, never = _questions("Never connect the heater to a garden hose.")
+    assert not [q for q, _ in never if "do you connect" in (q or "")]
+    # "it" as an instruction's object is asked only where it stands, if at all.
+    _, oven = _questions(
+        "Saltbread is a dense loaf from the coast. Cover the bowl with a cloth. Put it in a hot "
+        "oven for forty minutes."
+    )
+    assert ("What do you cover with a cloth?", "the bowl") in oven
+    assert not [q for q, _ in oven if "do you put" in (q or "")]
     # Past-tense and third-person verbs without a subject are no instructions.
     assert not [q for q in questions if q.startswith(("What do the baker", "What do the glaze"))]
 

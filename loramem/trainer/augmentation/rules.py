@@ -59,9 +59,9 @@ _NOUN_CHUNK = "NP"
 # "Instead of a chain, the Aster uses a belt, which lasts": a clause an echo question can carry.
 _ECHO_CLAUSE_DEPS = _CLAUSE_DEPS | {"parataxis"}
 # Children of a verb that are other clauses (each asked on its own) or joints between them.
+_OTHER_CLAUSE = {"conj", "cc", "advcl", "ccomp", "parataxis", "mark", "punct", "relcl", "dep"}
 # What a verb says of its subject besides a clause: objects, complements, prepositional phrases.
 _COMPLEMENTS = {"dobj", "dative", "attr", "oprd", "acomp", "prep", "agent"}
-_OTHER_CLAUSE = {"conj", "cc", "advcl", "ccomp", "parataxis", "mark", "punct", "relcl", "dep"}
 _PLACE_PREPOSITIONS = {"in", "at", "on", "near", "inside", "into", "to", "onto", "beside"}
 _TIME_PREPOSITIONS = {"in", "on", "at", "during", "since", "until", "by", "after", "before"}
 _NAMED_ENTITIES = {"PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "WORK_OF_ART", "EVENT", "NORP"}
@@ -109,7 +109,8 @@ class _Referents:
 
     person: str | None = None
     # Who "he" and who "she" stand for, learned from a pronoun that follows a person's name as
-    # subject of the same sentence ("Ilse Maranova ... before she settled").
+    # subject of the same sentence ("Ilse Maranova ... before she settled"), or else from whom
+    # the pronoun was first taken to stand for (`pronoun`).
     gendered: dict[str, str] = field(default_factory=dict)
     thing: str | None = None
     # "company" -> "Kelda Looms", from "Kelda Looms is a weaving company" or "X, a company,".
@@ -237,14 +238,14 @@ def _named_apposition(head: Any) -> Any | None:
     Maranova,'. Not a name further inside the apposition: in 'The building, a former exchange
     designed by the architect Tomas Vey,' the parser made the architect's name an apposition of
     the exchange, but it names neither the exchange nor the building."""
-    for token in _naming(head):
+    for token in _naming_words(head):
         entity = _name_of(token)
         if entity is not None and entity.label_ in _NAMED_ENTITIES:
             return entity
     return None
 
 
-def _naming(head: Any, apposed: bool = False) -> list[Any]:
+def _naming_words(head: Any, apposed: bool = False) -> list[Any]:
     """The words that may name `head`: the objects of a naming verb ('named'), and an apposition
     with the words that name it in turn (at one remove only)."""
     words: list[Any] = []
@@ -254,7 +255,7 @@ def _naming(head: Any, apposed: bool = False) -> list[Any]:
         elif _is_apposition(child) and not apposed and _apposed_to(child) == head:
             words.append(child)
             words.extend(c for c in child.children if c.dep_ == "appos" and _close(c))
-            words.extend(_naming(child, apposed=True))
+            words.extend(_naming_words(child, apposed=True))
     return words
 
 
