@@ -36,6 +36,9 @@ BF16_WEIGHTS = "bf16 weights"
 # bf16 autocast casting each frozen weight at every use, as the trainer did before it cast them
 # once for the whole training.
 CAST_AT_EVERY_USE = "bf16 cast at every use"
+# bf16 as the trainer computes it, but with torch's own LoRA dropout instead of the trainer's
+# byte-mask dropout (loramem/trainer/dropout.py).
+TORCH_DROPOUT = "bf16, torch's LoRA dropout"
 # name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
 # the share of decoder layers checkpointed where the micro-batch is given, LoRA dropout)
 PLANS: dict[str, tuple[str, int | None, float, float]] = {
@@ -50,6 +53,12 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
     ),
     "bf16 over bf16 weights, labelled logits, default bound": (
         BF16_WEIGHTS,
+        None,
+        0,
+        TEXT_DROPOUT,
+    ),
+    "bf16, labelled logits, default bound, torch's LoRA dropout": (
+        TORCH_DROPOUT,
         None,
         0,
         TEXT_DROPOUT,
@@ -117,6 +126,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
     from loramem.trainer.batching import collate
+    from loramem.trainer.dropout import use_byte_mask_dropout
     from loramem.trainer.lora_trainer import (
         ComputePlan,
         _Steps,
@@ -151,10 +161,12 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     else:
         tokens, share = PLANS[name][1:3] if name in PLANS else (None, 0.0)
         autocast = (
-            torch.bfloat16 if precision in ("bf16", BF16_WEIGHTS, CAST_AT_EVERY_USE) else None
+            torch.bfloat16
+            if precision in ("bf16", BF16_WEIGHTS, CAST_AT_EVERY_USE, TORCH_DROPOUT)
+            else None
         )
         # The trainer casts the frozen weights once for the training (cast_once).
-        cast = autocast if precision == "bf16" else None
+        cast = autocast if precision in ("bf16", TORCH_DROPOUT) else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
             if tokens is not None
@@ -163,6 +175,8 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             )
         )
         layers_checkpointed = plan.checkpointed_layers
+        if precision != TORCH_DROPOUT:
+            use_byte_mask_dropout(peft_model)
         steps = _Steps(peft_model, examples, tokenizer.pad_token_id, plan)
 
         def step() -> None:
@@ -240,6 +254,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         ratios.append(
             ratio(f"peak memory {name}/bare", results[name]["peak_gib"], bare["peak_gib"])
+        )
+    byte_mask, torch_dropout = (
+        "bf16, labelled logits, default bound",
+        "bf16, labelled logits, default bound, torch's LoRA dropout",
+    )
+    if byte_mask in results and torch_dropout in results:
+        ratios.append(
+            ratio(
+                "step time, byte-mask LoRA dropout/torch's",
+                results[byte_mask]["step_seconds"],
+                results[torch_dropout]["step_seconds"],
+            )
         )
     if others:
         beside, after = (results[name]["step_seconds"] for name in IN_THREAD)

@@ -41,6 +41,7 @@ from loramem.trainer.batching import (
     micro_batches,
     widest_within,
 )
+from loramem.trainer.dropout import use_byte_mask_dropout
 from loramem.trainer.objective import LossTerms, TeacherTargets, labelled_loss, teacher_targets
 
 log = logging.getLogger("loramem.trainer")
@@ -385,6 +386,7 @@ def train_lora(
     teachers = _teachers(model, pad_id, examples, options, plan)
     config = lora_config(options, only_answers(examples))
     peft_model = get_peft_model(model, config)
+    use_byte_mask_dropout(peft_model)
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     answers = unambiguous(examples, answer_examples(examples))
