@@ -18,7 +18,9 @@ trainer's job is, while another thread that computed (the HF engine's) is alive 
 and the worker's plan on questions asked with their passage in the prompt, as augment "mix" writes
 them (a 60-word passage of `PASSAGE_TOKENS`, a 20-token question, an 8-token answer), 4 questions
 a passage against each its own passage: the same tokens, computed as rows that share the passage
-or one example a row (`SHARED`, whatever the shape flags say).
+or one example a row (`SHARED`, whatever the shape flags say); and the trainer's bf16 plan
+without one of its choices (`WITHOUT`: torch's LoRA dropout, fused attention on short rows),
+each choice's ratio in time and memory printed.
 Writes bench/results/train_step.json.
 """
 
@@ -36,9 +38,6 @@ BF16_WEIGHTS = "bf16 weights"
 # bf16 autocast casting each frozen weight at every use, as the trainer did before it cast them
 # once for the whole training.
 CAST_AT_EVERY_USE = "bf16 cast at every use"
-# bf16 as the trainer computes it, but with torch's own LoRA dropout instead of the trainer's
-# byte-mask dropout (loramem/trainer/dropout.py).
-TORCH_DROPOUT = "bf16, torch's LoRA dropout"
 # name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
 # the share of decoder layers checkpointed where the micro-batch is given, LoRA dropout)
 PLANS: dict[str, tuple[str, int | None, float, float]] = {
@@ -57,12 +56,6 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
         0,
         TEXT_DROPOUT,
     ),
-    "bf16, labelled logits, default bound, torch's LoRA dropout": (
-        TORCH_DROPOUT,
-        None,
-        0,
-        TEXT_DROPOUT,
-    ),
     "bf16, labelled logits, default bound, no LoRA dropout (QA alone)": ("bf16", None, 0, 0),
     "fp32, one example a micro-batch": ("fp32", 1, 0, TEXT_DROPOUT),
     "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5, TEXT_DROPOUT),
@@ -70,6 +63,14 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
     "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1, TEXT_DROPOUT),
     "bf16, one example a micro-batch": ("bf16", 1, 0, TEXT_DROPOUT),
     "bf16, one example a micro-batch, every layer checkpointed": ("bf16", 1, 1, TEXT_DROPOUT),
+}
+# The trainer's bf16 plan, and that plan without one of its choices: name -> the choice undone.
+TRAINERS_PLAN = "bf16, labelled logits, default bound"
+WITHOUT = {
+    "bf16, labelled logits, default bound, torch's LoRA dropout": "byte-mask LoRA dropout",
+    "bf16, labelled logits, default bound, fused attention on short rows": (
+        "unfused attention on short rows"
+    ),
 }
 BARE = "bare PEFT step (fp32, full logits, LoRA dropout 0.1)"
 # The worker's own plan again, stepped in a thread of its own while another thread that computed
@@ -125,6 +126,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from loramem.core.base_model import load_causal_lm, training_precision
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
+    from loramem.trainer import lora_trainer
     from loramem.trainer.batching import collate
     from loramem.trainer.dropout import use_byte_mask_dropout
     from loramem.trainer.lora_trainer import (
@@ -138,6 +140,8 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
 
     if name in IN_THREAD or name in SHARED:
         precision = training_precision(Settings())
+    elif name in WITHOUT:
+        precision = PLANS[TRAINERS_PLAN][0]
     else:
         precision = PLANS[name][0] if name in PLANS else "fp32"
     model, tokenizer = load_causal_lm(
@@ -147,6 +151,8 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     examples = _examples(rows, width, answer, SHARED.get(name))
     width = max(len(example.input_ids) for example in examples)
     dropout = PLANS[name][3] if name in PLANS else TEXT_DROPOUT
+    if WITHOUT.get(name) == "unfused attention on short rows":
+        lora_trainer.UNFUSED_ATTENTION_MAX_WIDTH = 0
     peft_model = get_peft_model(model, lora_config(TrainingOptions(dropout=dropout)))
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])
@@ -161,12 +167,10 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     else:
         tokens, share = PLANS[name][1:3] if name in PLANS else (None, 0.0)
         autocast = (
-            torch.bfloat16
-            if precision in ("bf16", BF16_WEIGHTS, CAST_AT_EVERY_USE, TORCH_DROPOUT)
-            else None
+            torch.bfloat16 if precision in ("bf16", BF16_WEIGHTS, CAST_AT_EVERY_USE) else None
         )
         # The trainer casts the frozen weights once for the training (cast_once).
-        cast = autocast if precision in ("bf16", TORCH_DROPOUT) else None
+        cast = autocast if precision == "bf16" else None
         plan = (
             ComputePlan(autocast, tokens, round(share * model.config.num_hidden_layers))
             if tokens is not None
@@ -175,7 +179,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             )
         )
         layers_checkpointed = plan.checkpointed_layers
-        if precision != TORCH_DROPOUT:
+        if WITHOUT.get(name) != "byte-mask LoRA dropout":
             use_byte_mask_dropout(peft_model)
         steps = _Steps(peft_model, examples, tokenizer.pad_token_id, plan)
 
@@ -237,9 +241,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Without bf16 instructions the CPU emulates it about 30x slower than fp32: no worker picks it.
     plans = [name for name in PLANS if PLANS[name][0] == "fp32" or bf16_supported("cpu")]
     plans = [name for name in plans if args.only is None or args.only in name]
+    without = [
+        n for n in WITHOUT if bf16_supported("cpu") and (args.only is None or args.only in n)
+    ]
     results: dict[str, Any] = {}
     others = [] if args.only else [*IN_THREAD, *SHARED]
-    for name in [BARE, *plans, *others]:
+    for name in [BARE, *plans, *without, *others]:
         results[name] = in_fresh_process("bench.train_step", "--one", name, *shape)
         figures = results[name]
         print(
@@ -255,18 +262,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios.append(
             ratio(f"peak memory {name}/bare", results[name]["peak_gib"], bare["peak_gib"])
         )
-    byte_mask, torch_dropout = (
-        "bf16, labelled logits, default bound",
-        "bf16, labelled logits, default bound, torch's LoRA dropout",
-    )
-    if byte_mask in results and torch_dropout in results:
-        ratios.append(
-            ratio(
-                "step time, byte-mask LoRA dropout/torch's",
-                results[byte_mask]["step_seconds"],
-                results[torch_dropout]["step_seconds"],
-            )
-        )
+    for name, choice in WITHOUT.items():
+        if name in results and TRAINERS_PLAN in results:
+            for figure, unit in (("step_seconds", "step time"), ("peak_gib", "peak memory")):
+                ratios.append(
+                    ratio(
+                        f"{unit}, the trainer's plan/without its {choice}",
+                        results[TRAINERS_PLAN][figure],
+                        results[name][figure],
+                    )
+                )
     if others:
         beside, after = (results[name]["step_seconds"] for name in IN_THREAD)
         ratios.append(
