@@ -26,11 +26,11 @@ def test_drops_at_the_rate_and_keeps_the_expected_input(rate: float) -> None:
     assert y.unique().tolist() == pytest.approx([0.0, 2.0 / (1 - dropout.p)])
 
 
-def test_draws_a_new_mask_every_call_and_each_element_alike() -> None:
+def test_draws_a_new_mask_for_every_input_and_each_element_alike() -> None:
     torch.manual_seed(0)
     dropout = ByteMaskDropout(0.5)
     x = torch.ones(7 * 3000 + 3)  # elements from every byte of the draws, and a ragged end
-    masks = torch.stack([dropout(x) == 0 for _ in range(200)]).float()
+    masks = torch.stack([dropout(x.clone()) == 0 for _ in range(200)]).float()
     assert not torch.equal(masks[0], masks[1])
     per_byte = masks[:, : 7 * 3000].view(200, 3000, 7).mean(dim=(0, 1))
     assert torch.all((per_byte - 0.5).abs() < 0.01), per_byte
@@ -61,3 +61,4 @@ def test_texts_train_with_it_in_place_of_torchs(tiny_model_dir: Path) -> None:
     dropouts = [m for m in trained.modules() if isinstance(m, ByteMaskDropout)]
     assert dropouts and all(abs(d.p - 0.1) <= 1 / 512 for d in dropouts)
     assert not any(type(m) is torch.nn.Dropout for m in trained.modules())
+
