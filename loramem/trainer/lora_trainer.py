@@ -100,9 +100,13 @@ class ComputePlan:
 # forward and slow backward on short rows: forward and backward together took 10.0 ms fused
 # against 3.1 unfused for 8 rows of 40 tokens, 13.2 against 10.0 for 4 of 150, 11.7 against 9.7
 # for 3 of 180, but 6.1 against 7.3 for 2 of 200 and 7.4 against 13.9 for 1 of 400 (bf16, 9
-# heads of 64, causal, 2 cores with AMX). Unfused attention keeps its probabilities for the
-# backward pass, 36 bytes a token and a layer per token of width: about 6% more than the
-# activations of a layer at 180 tokens.
+# heads of 64, causal, 2 cores with AMX). Unfused attention keeps more for the backward pass:
+# in bf16 autocast 3.8 KB a token and a layer, and 36 bytes more per token of the row's width
+# (its fp32 probabilities), 10.3 KB at 180 tokens on the default model, against 36.9 KB that
+# the layer keeps with the fused kernel; 0.7 KB + 36 bytes per token of width against 69 KB in
+# fp32 (tensors saved by autograd, counted as `bench.activation_bytes` counts them, at 40, 100
+# and 180 tokens). Both stay within what the memory plan allows a token (`ACTIVATION_BYTES`:
+# 51 KB a layer in bf16, 93 KB in fp32).
 UNFUSED_ATTENTION_MAX_WIDTH = 180
 
 
