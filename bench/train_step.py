@@ -19,8 +19,8 @@ and the worker's plan on questions asked with their passage in the prompt, as au
 them (a 60-word passage of `PASSAGE_TOKENS`, a 20-token question, an 8-token answer), 4 questions
 a passage against each its own passage: the same tokens, computed as rows that share the passage
 or one example a row (`SHARED`, whatever the shape flags say); and the trainer's bf16 plan
-without one of its choices (`WITHOUT`: torch's LoRA dropout, fused attention on short rows),
-each choice's ratio in time and memory printed.
+without one of its choices (`WITHOUT`: torch's LoRA dropout), each choice's ratio in time and
+memory printed.
 Writes bench/results/train_step.json.
 """
 
@@ -68,9 +68,6 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
 TRAINERS_PLAN = "bf16, labelled logits, default bound"
 WITHOUT = {
     "bf16, labelled logits, default bound, torch's LoRA dropout": "byte-mask LoRA dropout",
-    "bf16, labelled logits, default bound, fused attention on short rows": (
-        "unfused attention on short rows"
-    ),
 }
 BARE = "bare PEFT step (fp32, full logits, LoRA dropout 0.1)"
 # The worker's own plan again, stepped in a thread of its own while another thread that computed
@@ -126,7 +123,6 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     from loramem.core.base_model import load_causal_lm, training_precision
     from loramem.core.options import TrainingOptions
     from loramem.core.settings import Settings
-    from loramem.trainer import lora_trainer
     from loramem.trainer.batching import collate
     from loramem.trainer.dropout import use_byte_mask_dropout
     from loramem.trainer.lora_trainer import (
@@ -151,8 +147,6 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
     examples = _examples(rows, width, answer, SHARED.get(name))
     width = max(len(example.input_ids) for example in examples)
     dropout = PLANS[name][3] if name in PLANS else TEXT_DROPOUT
-    if WITHOUT.get(name) == "unfused attention on short rows":
-        lora_trainer.UNFUSED_ATTENTION_MAX_WIDTH = 0
     peft_model = get_peft_model(model, lora_config(TrainingOptions(dropout=dropout)))
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad])

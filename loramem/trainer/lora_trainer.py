@@ -27,7 +27,6 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.helpers import disable_input_dtype_casting
 from peft.tuners.lora import LoraLayer
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -94,30 +93,6 @@ class ComputePlan:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.autocast)
-
-
-# The widest rows trained with unfused attention. On a CPU, torch's fused attention is quick
-# forward and slow backward on short rows: forward and backward together took 10.0 ms fused
-# against 3.1 unfused for 8 rows of 40 tokens, 13.2 against 10.0 for 4 of 150, 11.7 against 9.7
-# for 3 of 180, but 6.1 against 7.3 for 2 of 200 and 7.4 against 13.9 for 1 of 400 (bf16, 9
-# heads of 64, causal, 2 cores with AMX). Unfused attention keeps more for the backward pass:
-# in bf16 autocast 3.8 KB a token and a layer, and 36 bytes more per token of the row's width
-# (its fp32 probabilities), 10.3 KB at 180 tokens on the default model, against 36.9 KB that
-# the layer keeps with the fused kernel; 0.7 KB + 36 bytes per token of width against 69 KB in
-# fp32 (tensors saved by autograd, counted as `bench.activation_bytes` counts them, at 40, 100
-# and 180 tokens). Both stay within what the memory plan allows a token (`ACTIVATION_BYTES`:
-# 51 KB a layer in bf16, 93 KB in fp32).
-UNFUSED_ATTENTION_MAX_WIDTH = 180
-
-
-def attention_kernel(
-    device: torch.device, width: int, backward: bool
-) -> contextlib.AbstractContextManager[Any]:
-    """Where a micro-batch of rows `width` tokens wide computes its attention: forward and
-    backward (and a checkpointed layer's recomputation) alike."""
-    if device.type != "cpu" or not backward or width > UNFUSED_ATTENTION_MAX_WIDTH:
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 # fp32, and micro-batches as large as any batch: how a step computed before plans existed.
@@ -340,11 +315,10 @@ class _Steps:
                 self.terms.hidden_weight,
                 [self.teachers.get(i) for i in in_run],
             )
-            with attention_kernel(self.model.device, batch["input_ids"].shape[1], backward):
-                with self.plan.computing(self.model.device):
-                    result = labelled_loss(self.model, batch, terms)
-                if backward:
-                    (result.total / max(1, labelled)).backward()
+            with self.plan.computing(self.model.device):
+                result = labelled_loss(self.model, batch, terms)
+            if backward:
+                (result.total / max(1, labelled)).backward()
             loss_sum += result.total.item()
             exact.update(zip(in_run, result.exact, strict=True))
         return loss_sum / max(1, labelled), exact

@@ -61,4 +61,3 @@ def test_texts_train_with_it_in_place_of_torchs(tiny_model_dir: Path) -> None:
     dropouts = [m for m in trained.modules() if isinstance(m, ByteMaskDropout)]
     assert dropouts and all(abs(d.p - 0.1) <= 1 / 512 for d in dropouts)
     assert not any(type(m) is torch.nn.Dropout for m in trained.modules())
-

@@ -31,7 +31,6 @@ from loramem.trainer.lora_trainer import (
     ComputePlan,
     MemoryBoundError,
     activation_bytes_per_token,
-    checkpointing,
     lora_config,
     plan_compute,
     train_lora,
@@ -369,35 +368,3 @@ def test_bf16_checkpointed_micro_batched_training_recalls(tiny_model_dir: Path) 
     trained = train_lora(model, tokenizer.pad_token_id, data.examples, options, None, plan)
     assert measure_recall(trained, tokenizer, data.probes) == 1.0
     assert not trained.get_base_model().model.gradient_checkpointing
-
-
-def _attention_ops_and_grads(model, tokenizer, examples, unfused_max_width: int):  # type: ignore[no-untyped-def]
-    from loramem.trainer import lora_trainer
-
-    model.zero_grad(set_to_none=True)
-    plan = ComputePlan(None, 1 << 20, 1)
-    before = lora_trainer.UNFUSED_ATTENTION_MAX_WIDTH
-    lora_trainer.UNFUSED_ATTENTION_MAX_WIDTH = unfused_max_width
-    try:
-        with checkpointing(model, 1), torch.profiler.profile() as profile:
-            lora_trainer._Steps(model, examples, tokenizer.pad_token_id, plan).run(
-                list(range(len(examples))), backward=True
-            )
-    finally:
-        lora_trainer.UNFUSED_ATTENTION_MAX_WIDTH = before
-    fused = any("flash_attention" in event.key for event in profile.key_averages())
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    model.zero_grad(set_to_none=True)
-    return fused, grads
-
-
-def test_short_rows_train_with_unfused_attention_to_the_same_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
-    model, tokenizer = tiny
-    model.train()  # a checkpointed layer recomputes its attention in the backward pass
-    examples = _examples([12, 30, 25], answer=5, seed=5)
-    fused, fused_grads = _attention_ops_and_grads(model, tokenizer, examples, 0)
-    unfused, unfused_grads = _attention_ops_and_grads(model, tokenizer, examples, 180)
-    assert fused and not unfused
-    assert torch.allclose(fused_grads, unfused_grads, rtol=1e-4, atol=1e-6)
-    # Rows wider than the limit keep the fused kernel.
-    assert _attention_ops_and_grads(model, tokenizer, examples, 20)[0]
