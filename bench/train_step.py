@@ -18,9 +18,9 @@ trainer's job is, while another thread that computed (the HF engine's) is alive 
 and the worker's plan on questions asked with their passage in the prompt, as augment "mix" writes
 them (a 60-word passage of `PASSAGE_TOKENS`, a 20-token question, an 8-token answer), 4 questions
 a passage against each its own passage: the same tokens, computed as rows that share the passage
-or one example a row (`SHARED`, whatever the shape flags say); and the trainer's bf16 plan
-without one of its choices (`WITHOUT`: torch's LoRA dropout), each choice's ratio in time and
-memory printed.
+or one example a row (`SHARED`, whatever the shape flags say). The plans use the trainer's LoRA
+dropout (`loramem/trainer/dropout.py`) but one, `TORCH_DROPOUT`, the default bf16 plan with
+torch's: the ratio of the two is printed.
 Writes bench/results/train_step.json.
 """
 
@@ -38,12 +38,15 @@ BF16_WEIGHTS = "bf16 weights"
 # bf16 autocast casting each frozen weight at every use, as the trainer did before it cast them
 # once for the whole training.
 CAST_AT_EVERY_USE = "bf16 cast at every use"
+# The trainer's default bf16 plan, and the same with torch's LoRA dropout instead of the trainer's.
+TRAINERS_PLAN = "bf16, labelled logits, default bound"
+TORCH_DROPOUT = "bf16, labelled logits, default bound, torch's LoRA dropout"
 # name -> (precision, micro-batch tokens or None for the worker's plan under the default bound,
 # the share of decoder layers checkpointed where the micro-batch is given, LoRA dropout)
 PLANS: dict[str, tuple[str, int | None, float, float]] = {
     "fp32, labelled logits, default bound": ("fp32", None, 0, TEXT_DROPOUT),
     "fp32, labelled logits, default bound, no LoRA dropout (QA alone)": ("fp32", None, 0, 0),
-    "bf16, labelled logits, default bound": ("bf16", None, 0, TEXT_DROPOUT),
+    TRAINERS_PLAN: ("bf16", None, 0, TEXT_DROPOUT),
     "bf16, weights cast at every use, labelled logits, default bound": (
         CAST_AT_EVERY_USE,
         None,
@@ -57,17 +60,13 @@ PLANS: dict[str, tuple[str, int | None, float, float]] = {
         TEXT_DROPOUT,
     ),
     "bf16, labelled logits, default bound, no LoRA dropout (QA alone)": ("bf16", None, 0, 0),
+    TORCH_DROPOUT: ("bf16", None, 0, TEXT_DROPOUT),
     "fp32, one example a micro-batch": ("fp32", 1, 0, TEXT_DROPOUT),
     "fp32, one example a micro-batch, half the layers checkpointed": ("fp32", 1, 0.5, TEXT_DROPOUT),
     "fp32, one example a micro-batch, every layer checkpointed": ("fp32", 1, 1, TEXT_DROPOUT),
     "fp32, one micro-batch, every layer checkpointed": ("fp32", 1 << 30, 1, TEXT_DROPOUT),
     "bf16, one example a micro-batch": ("bf16", 1, 0, TEXT_DROPOUT),
     "bf16, one example a micro-batch, every layer checkpointed": ("bf16", 1, 1, TEXT_DROPOUT),
-}
-# The trainer's bf16 plan, and that plan without one of its choices: name -> the choice undone.
-TRAINERS_PLAN = "bf16, labelled logits, default bound"
-WITHOUT = {
-    "bf16, labelled logits, default bound, torch's LoRA dropout": "byte-mask LoRA dropout",
 }
 BARE = "bare PEFT step (fp32, full logits, LoRA dropout 0.1)"
 # The worker's own plan again, stepped in a thread of its own while another thread that computed
@@ -136,8 +135,6 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
 
     if name in IN_THREAD or name in SHARED:
         precision = training_precision(Settings())
-    elif name in WITHOUT:
-        precision = PLANS[TRAINERS_PLAN][0]
     else:
         precision = PLANS[name][0] if name in PLANS else "fp32"
     model, tokenizer = load_causal_lm(
@@ -173,7 +170,7 @@ def _one(name: str, rows: int, width: int, answer: int | None) -> dict[str, Any]
             )
         )
         layers_checkpointed = plan.checkpointed_layers
-        if WITHOUT.get(name) != "byte-mask LoRA dropout":
+        if name != TORCH_DROPOUT:
             use_byte_mask_dropout(peft_model)
         steps = _Steps(peft_model, examples, tokenizer.pad_token_id, plan)
 
@@ -235,12 +232,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Without bf16 instructions the CPU emulates it about 30x slower than fp32: no worker picks it.
     plans = [name for name in PLANS if PLANS[name][0] == "fp32" or bf16_supported("cpu")]
     plans = [name for name in plans if args.only is None or args.only in name]
-    without = [
-        n for n in WITHOUT if bf16_supported("cpu") and (args.only is None or args.only in n)
-    ]
     results: dict[str, Any] = {}
     others = [] if args.only else [*IN_THREAD, *SHARED]
-    for name in [BARE, *plans, *without, *others]:
+    for name in [BARE, *plans, *others]:
         results[name] = in_fresh_process("bench.train_step", "--one", name, *shape)
         figures = results[name]
         print(
@@ -256,16 +250,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios.append(
             ratio(f"peak memory {name}/bare", results[name]["peak_gib"], bare["peak_gib"])
         )
-    for name, choice in WITHOUT.items():
-        if name in results and TRAINERS_PLAN in results:
-            for figure, unit in (("step_seconds", "step time"), ("peak_gib", "peak memory")):
-                ratios.append(
-                    ratio(
-                        f"{unit}, the trainer's plan/without its {choice}",
-                        results[TRAINERS_PLAN][figure],
-                        results[name][figure],
-                    )
+    if TRAINERS_PLAN in results and TORCH_DROPOUT in results:
+        for figure, unit in (("step_seconds", "step time"), ("peak_gib", "peak memory")):
+            ratios.append(
+                ratio(
+                    f"{unit}, the trainer's LoRA dropout/torch's",
+                    results[TRAINERS_PLAN][figure],
+                    results[TORCH_DROPOUT][figure],
                 )
+            )
     if others:
         beside, after = (results[name]["step_seconds"] for name in IN_THREAD)
         ratios.append(

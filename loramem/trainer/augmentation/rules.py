@@ -265,12 +265,7 @@ def _apposed_to(apposition: Any) -> Any:
     the parser made the name an apposition of the exchange; it is the architect's)."""
     start = apposition.left_edge.i
     before = apposition.doc[start - 1] if start > 0 else None
-    if (
-        before is not None
-        and before != apposition.head
-        and before.pos_ == "NOUN"
-        and apposition.head.i < before.i
-    ):
+    if before is not None and before.pos_ == "NOUN" and apposition.head.i < before.i:
         return before
     return apposition.head
 
@@ -949,7 +944,7 @@ def _entity_question(
         counted = root.head if root.dep_ == "nummod" and root.head.i not in answer_tokens else None
         if counted is not None and counted.pos_ == "NOUN" and label == "CARDINAL":
             if (
-                counted.i < root.i  # "version 4.1", "room 12": a number that names, not counts
+                _names_its_noun(root)
                 or counted.tag_ != "NNS"  # "one apple a year": "how many apple" asks nothing
                 or counted.dep_ not in ("dobj", "attr")
                 or counted.head != verb
@@ -1104,14 +1099,20 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
     if label not in ("CARDINAL", "QUANTITY"):
         return None
     counted = root.head
-    if root.dep_ == "nummod" and counted.i < span.start:
-        return None  # "firmware 2.7": a number that names its noun asks no "how many"
+    if _names_its_noun(root):
+        return None
     if root.dep_ == "nummod" and counted.pos_ == "NOUN" and counted.i == span.end:
         determiners = {c.i for c in counted.children if c.dep_ == "det"}
         return f"how many {counted.text}", replaced | {counted.i} | determiners
     if span[-1].pos_ == "NOUN" and not span[-1].like_num:
         return f"how many {span[-1].text}", replaced
     return "how many", replaced
+
+
+def _names_its_noun(number: Any) -> bool:
+    """A number after the noun it modifies names it ("version 4.1", "room 12"): it counts
+    nothing, and asks no "how many"."""
+    return bool(number.dep_ == "nummod" and number.head.i < number.i)
 
 
 def _cardinal(token: Any) -> bool:
