@@ -258,6 +258,17 @@ def _questions(text: str) -> tuple[list[GeneratedItem], set[tuple[str | None, st
     return items, {(i.question, i.answer) for i in items}
 
 
+def test_rules_ask_how_many_of_a_count_that_an_apposition_details() -> None:
+    text = (
+        "Larkin Ferries runs boats across the sound. Today the firm employs sixty people, among "
+        "them twelve captains. Marlow Mills has ninety employees and exports to Spain and Peru."
+    )
+    _, asked = _questions(text)
+    assert ("How many people does the firm employ today?", "sixty") in asked
+    # A count the parser joined to another verb ("employees and exports") is asked nothing.
+    assert not [q for q, _ in asked if q and q.startswith("How many employees")]
+
+
 def test_rules_ask_how_many_only_of_what_a_number_counts() -> None:
     text = (
         "Every spring the village of Orrin releases thousands of paper boats on the lake. "

@@ -948,11 +948,15 @@ def _entity_question(
                 or counted.tag_ != "NNS"  # "one apple a year": "how many apple" asks nothing
                 or counted.dep_ not in ("dobj", "attr")
                 or counted.head != verb
-                or any(c.dep_ in ("appos", "conj") for c in counted.children)
+                or any(c.dep_ == "conj" for c in counted.children)
             ):
                 return None  # "a folder of ten thousand notes": no question reads well
+            # What an apposition adds is no part of what is counted: "employs nineteen people,
+            # among them four nurses": how many people.
             counted_phrase = [
-                t for t in counted.subtree if not _inside(t, counted, ("prep", "relcl", "acl"))
+                t
+                for t in counted.subtree
+                if not _inside(t, counted, ("prep", "relcl", "acl", "appos"))
             ]
             # "20 litres a minute": how many litres a minute; "the 20 litres": how many litres.
             unit = _words(
