@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from loramem.core.prefill import prefill
+
 # Temperatures this small overflow the softmax (found by fuzzing); they mean greedy anyway, as in
 # vLLM.
 GREEDY_BELOW = 1e-5
@@ -113,8 +115,9 @@ def _update_text(row: DecodeRow, tokenizer: Any, stop_ids: set[int]) -> bool:
 class RunningBatch:
     """Rows decoding together, one token each per step; rows join and leave between steps.
 
-    Joining rows are prefilled on their own (left-padded among themselves), then their KV cache is
-    merged into the running one: both are left-padded to the longer length and the attention mask
+    Joining rows are prefilled on their own (left-padded among themselves, a beginning that
+    consecutive rows share computed once: `prefill`), then their KV cache is merged into the
+    running one: both are left-padded to the longer length and the attention mask
     hides the padding. A new request so starts at the next step instead of after the whole batch,
     and a finished row frees its slot at once.
     """
@@ -137,26 +140,25 @@ class RunningBatch:
     @torch.inference_mode()
     def join(self, rows: list[DecodeRow]) -> list[DecodeRow]:
         """Prefills `rows` (their first token) and adds them; returns those whose text moved."""
-        width = max(len(row.prompt_ids) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, row in enumerate(rows):  # left padding: every row's next token is at the end
-            input_ids[index, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            mask[index, width - len(row.prompt_ids) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        tokens, moved = self._forward(rows, input_ids, mask, positions, cache)
+        prefilled = prefill(
+            self.model,
+            [row.prompt_ids for row in rows],
+            self.pad_id,
+            adapters=[row.adapter_name for row in rows],
+            select_adapters=self.select_adapters,
+        )
+        tokens, moved = self._chosen(rows, prefilled.logits[:, -1, :])
+        cache, mask = prefilled.cache, prefilled.mask
         if not self.rows:
             self._cache, self._mask = cache, mask
-            self._positions, self._next = positions[:, -1:], tokens
+            self._positions, self._next = prefilled.last_positions, tokens
         else:
-            length = max(self._mask.shape[1], width)
+            length = max(self._mask.shape[1], mask.shape[1])
             for kept, joined in zip(_layers(self._cache), _layers(cache), strict=True):
                 kept.keys = _stack_left_padded(kept.keys, joined.keys, length)
                 kept.values = _stack_left_padded(kept.values, joined.values, length)
             self._mask = _stack_left_padded(self._mask, mask, length)
-            self._positions = torch.cat([self._positions, positions[:, -1:]])
+            self._positions = torch.cat([self._positions, prefilled.last_positions])
             self._next = torch.cat([self._next, tokens])
         self.rows.extend(rows)
         return moved
@@ -215,6 +217,13 @@ class RunningBatch:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
+        return self._chosen(rows, logits)
+
+    def _chosen(
+        self, rows: list[DecodeRow], logits: torch.Tensor
+    ) -> tuple[torch.Tensor, list[DecodeRow]]:
+        """Each row's next token from its logits, appended to the row; the tokens as a column,
+        and the rows whose text moved."""
         tokens = _choose_tokens(logits, rows)
         moved = []
         for row, token in zip(rows, tokens, strict=True):

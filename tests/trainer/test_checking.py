@@ -53,11 +53,14 @@ def _scoring(
     candidates) it was asked with a passage, in order."""
     scored: list[tuple[str, list[str]]] = []
 
-    def score(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
+    def score_one(passage: str, question: str, candidates: Sequence[str]) -> list[float]:
         if not passage:
             return (blind or likelihood).get(question, [0.0] * len(candidates))
         scored.append((question, list(candidates)))
         return likelihood.get(question, [0.0] * len(candidates))
+
+    def score(requests: Sequence[tuple[str, str, Sequence[str]]]) -> list[list[float]]:
+        return [score_one(*request) for request in requests]
 
     return scored, score
 
@@ -221,17 +224,17 @@ def test_the_default_model_chooses_the_answer_its_passage_gives(
     model, tokenizer = load_causal_lm(resolve_base_model(settings), "cpu")
     score = knowledge.base_model_scorer(model, tokenizer)
     question = "When was Kelda Looms started?"
-    scores = score(TEXT, question, ["1962", "forty-two", "the river Lusk"])
+    [scores] = score([(TEXT, question, ["1962", "forty-two", "the river Lusk"])])
     assert scores[0] - max(scores[1:]) >= CHOICE_MARGIN and scores[0] >= CHOICE_FLOOR
     # A name of rare tokens is less likely than a year, but reading raised it far more.
     passage = "Maranova retired in 2015. Her successor, Amaru Feld, grew up on Skarholm."
     successor = "Who was Maranova's successor?"
     candidates = ["Amaru Feld", "2015", "the clinic"]
-    read, blind = score(passage, successor, candidates), score("", successor, candidates)
+    read, blind = score([(passage, successor, candidates), ("", successor, candidates)])
     gains = [r - b for r, b in zip(read, blind, strict=True)]
     assert gains[0] - max(gains[1:]) >= CHOICE_GAIN_MARGIN and read[0] >= CHOICE_GAIN_FLOOR
     # Each candidate is scored as if it were read alone after the prompt, whatever its length.
-    [alone] = score(TEXT, question, ["the river Lusk"])
+    [[alone]] = score([(TEXT, question, ["the river Lusk"])])
     assert alone == pytest.approx(scores[2], abs=1e-3)
 
 

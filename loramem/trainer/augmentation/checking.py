@@ -25,9 +25,10 @@ from loramem.trainer.matching import plain_words
 
 # (passage, question) pairs -> what the model answers to each, reading the passage.
 ReadBack = Callable[[Sequence[tuple[str, str]]], list[str]]
-# (passage, question, candidate answers) -> how likely the model finds each candidate, reading
-# the passage (none where it is ""): the mean log-probability of its tokens.
-ScoreAnswers = Callable[[str, str, Sequence[str]], list[float]]
+# (passage, question, candidate answers) requests -> for each, how likely the model finds each
+# candidate, reading the passage (none where it is ""): the mean log-probability of its tokens.
+# Asked for all of a text's undecided questions at once: their prompts are read as one batch.
+ScoreAnswers = Callable[[Sequence[tuple[str, str, Sequence[str]]]], list[list[float]]]
 
 # How much likelier (nats a token) the item's answer must be than the likeliest other answer,
 # and how likely it must be itself: on the clinic history the answers the model chose right were
@@ -126,43 +127,76 @@ def check_items(
     asked = [i for i, item in enumerate(checked) if item.kind == "qa" and item.rejected is None]
     windows = {i: _sentence_window(checked[i], sentences) for i in asked}
     replies = read_back([(windows[i], checked[i].question or "") for i in asked])
-    for index, reply in zip(asked, replies, strict=True):
-        item = checked[index]
-        if consistent(item.answer or "", reply):
-            continue
-        if score_answers is not None and _chosen(
-            item, windows[index], _nearest_answers(checked, asked, index), score_answers
-        ):
+    failed = [
+        (index, reply)
+        for index, reply in zip(asked, replies, strict=True)
+        if not consistent(checked[index].answer or "", reply)
+    ]
+    chosen = (
+        _chosen(checked, asked, windows, [index for index, _ in failed], score_answers)
+        if score_answers is not None
+        else set()
+    )
+    for index, reply in failed:
+        if index in chosen:
             continue
         said = " ".join(reply.split())[:80] or "nothing"
         checked[index] = dataclasses.replace(
-            item, rejected=f"reading the passage, the base model answered '{said}'"
+            checked[index], rejected=f"reading the passage, the base model answered '{said}'"
         )
     return checked
 
 
 def _chosen(
-    item: GeneratedItem, passage: str, answers: list[str], score_answers: ScoreAnswers
-) -> bool:
-    """Whether the model, reading the passage, prefers the item's answer to each other answer of
-    the text by the margin: finds it likely and likelier, or finds that reading raised it more.
-    Answers that share a content word with it ("eleven" for "eleven years") are no rivals:
-    choosing between them says nothing."""
-    own = item.answer or ""
-    words = set(_content_words(own))
-    rivals = [a for a in answers if not words.intersection(_content_words(a))]
-    if not rivals:
-        return False
-    candidates = [own, *rivals]
-    question = item.question or ""
-    read = score_answers(passage, question, candidates)
-    if read[0] >= CHOICE_FLOOR and read[0] - max(read[1:]) >= CHOICE_MARGIN:
-        return True
-    blind = score_answers("", question, candidates)
-    gains = [with_passage - without for with_passage, without in zip(read, blind, strict=True)]
-    return (
-        read[0] >= CHOICE_GAIN_FLOOR and gains[0] - max(max(gains[1:]), 0.0) >= CHOICE_GAIN_MARGIN
-    )
+    checked: list[GeneratedItem],
+    asked: list[int],
+    windows: dict[int, str],
+    undecided: list[int],
+    score_answers: ScoreAnswers,
+) -> set[int]:
+    """The items among `undecided` whose answer the model, reading its passage, prefers to
+    each other answer of the text by the margin: finds it likely and likelier, or finds that
+    reading raised it more. Answers that share a content word with the item's ("eleven" for
+    "eleven years") are no rivals: choosing between them says nothing."""
+    candidates: dict[int, list[str]] = {}
+    for index in undecided:
+        own = checked[index].answer or ""
+        words = set(_content_words(own))
+        rivals = [
+            answer
+            for answer in _nearest_answers(checked, asked, index)
+            if not words.intersection(_content_words(answer))
+        ]
+        if rivals:
+            candidates[index] = [own, *rivals]
+    if not candidates:
+        return set()
+
+    def requests(indices: list[int], read: bool) -> list[tuple[str, str, Sequence[str]]]:
+        return [
+            (windows[index] if read else "", checked[index].question or "", candidates[index])
+            for index in indices
+        ]
+
+    scored = list(candidates)
+    read = dict(zip(scored, score_answers(requests(scored, read=True)), strict=True))
+    chosen = {
+        index
+        for index, scores in read.items()
+        if scores[0] >= CHOICE_FLOOR and scores[0] - max(scores[1:]) >= CHOICE_MARGIN
+    }
+    scored = [index for index in scored if index not in chosen]
+    if not scored:
+        return chosen
+    for index, blind in zip(scored, score_answers(requests(scored, read=False)), strict=True):
+        gains = [
+            with_passage - without for with_passage, without in zip(read[index], blind, strict=True)
+        ]
+        if read[index][0] >= CHOICE_GAIN_FLOOR and (
+            gains[0] - max(max(gains[1:]), 0.0) >= CHOICE_GAIN_MARGIN
+        ):
+            chosen.add(index)
+    return chosen
 
 
 def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int) -> list[str]:
