@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import (
     activation_bytes,
+    checks,
     claim_throughput,
     compose_choice,
     compose_latency,
@@ -45,6 +46,7 @@ FULL: list[Run] = [
     ("compose latency", compose_latency.main, []),
     ("compose choice", compose_choice.main, []),
     ("decode rows", decode_rows.main, []),
+    ("checks", checks.main, []),
     ("engine precision", engine_precision.main, []),
     ("claim throughput", claim_throughput.main, []),
     ("http load", http_load.main, ["--requests", "48"]),

@@ -79,11 +79,9 @@ def prefill(
     select_adapters: Callable[[list[str | None]], None] | None = None,
 ) -> Prefilled:
     """Runs `rows` (token ids) through `model`, sharing the beginnings of consecutive rows; row
-    n shares at most `shareable[n]` tokens (by default all but its last), so that its last
-    `keep` positions are run after what it shares."""
-    shareable = (
-        [len(row) - 1 for row in rows] if shareable is None else [max(0, s) for s in shareable]
-    )
+    n shares at most `shareable[n]` tokens, and never its last `keep`, whose logits are kept."""
+    most = [len(row) - keep for row in rows]
+    shareable = [max(0, min(s, m)) for s, m in zip(shareable or most, most, strict=True)]
     names: list[str | None] = list(adapters) if adapters is not None else [None] * len(rows)
     groups = shared_beginnings(rows, shareable, names)
     cache = DynamicCache()

@@ -182,12 +182,11 @@ def counting_unasked(knowledge: Knowledge) -> Knowledge:
     return dataclasses.replace(knowledge, unasked=len(unasked))
 
 
-# Rows (a candidate answer after its prompt) scored in one pass: their logits at the answers'
-# positions (rows x answer tokens x 49,152 floats) stay near 100 MB.
-SCORED_ROWS = 48
-# Questions read back at a time: a decode step of 32 rows cost 1.6x one of 16 on 2 cores, for
-# twice the rows.
-READ_BACK_ROWS = 32
+# Rows (a candidate answer after its prompt) scored in one pass, and questions read back at a
+# time: with 48 and 32, the checks of a 260-word article took about 1.2 GB more than the model
+# while they ran (their KV caches and the answers' logits), and set the job's peak.
+SCORED_ROWS = 16
+READ_BACK_ROWS = 16
 
 
 def base_model_scorer(model: Any, tokenizer: Any) -> ScoreAnswers:
