@@ -147,7 +147,7 @@ class RunningBatch:
             adapters=[row.adapter_name for row in rows],
             select_adapters=self.select_adapters,
         )
-        tokens, moved = self._chosen(rows, prefilled.logits[:, -1, :])
+        tokens, moved = self._append_next_tokens(rows, prefilled.logits[:, -1, :])
         cache, mask = prefilled.cache, prefilled.mask
         if not self.rows:
             self._cache, self._mask = cache, mask
@@ -217,9 +217,9 @@ class RunningBatch:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        return self._chosen(rows, logits)
+        return self._append_next_tokens(rows, logits)
 
-    def _chosen(
+    def _append_next_tokens(
         self, rows: list[DecodeRow], logits: torch.Tensor
     ) -> tuple[torch.Tensor, list[DecodeRow]]:
         """Each row's next token from its logits, appended to the row; the tokens as a column,

@@ -182,17 +182,18 @@ def counting_unasked(knowledge: Knowledge) -> Knowledge:
     return dataclasses.replace(knowledge, unasked=len(unasked))
 
 
-# Rows (a candidate answer after its prompt) scored in one pass, and questions read back at a
-# time: with 48 and 32, the checks of a 260-word article peaked 1.2 GB above the loaded model
-# (their KV caches and the answers' logits; 0.77 GB with 16) and set the job's peak.
+# Rows (a candidate answer after its prompt) scored in one pass. With 48 scored and 32 read back
+# at a time (`greedy_replies` reads 16), the checks of a 260-word article peaked 1.2 GB above the
+# loaded model (their KV caches and the answers' logits; 0.77 GB with 16 and 16) and set the
+# job's peak.
 SCORED_ROWS = 16
-READ_BACK_ROWS = 16
 
 
 def base_model_scorer(model: Any, tokenizer: Any) -> ScoreAnswers:
     """The base model's mean log-probability of each candidate answer, asked as in
-    `base_model_reader`: every candidate of every request after its prompt, as rows of one
-    batch, the prompt (and a passage that several questions share) read once (`prefill`)."""
+    `base_model_reader`: every candidate of every request after its prompt, as rows of batches
+    of SCORED_ROWS, a prompt (and a passage that several questions share) read once in each
+    batch that holds its rows (`prefill`)."""
 
     @torch.inference_mode()
     def score(requests: Sequence[tuple[str, str, Sequence[str]]]) -> list[list[float]]:
@@ -239,6 +240,6 @@ def base_model_reader(model: Any, tokenizer: Any) -> ReadBack:
             (question_ids(tokenizer, with_context(context_block([passage]), question)), 32)
             for passage, question in pairs
         ]
-        return greedy_replies(model, tokenizer, requests, READ_BACK_ROWS)
+        return greedy_replies(model, tokenizer, requests)
 
     return read

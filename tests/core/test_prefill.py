@@ -59,8 +59,11 @@ def test_rows_that_share_a_passage_decode_as_each_row_alone(tiny_model_dir: Path
     for row in alone:
         decode_batch(model, tokenizer, [row])
     together = rows()
-    decode_batch(model, tokenizer, together, max_rows=4)
+    passes: list[list[str | None]] = []
+    decode_batch(model, tokenizer, together, select_adapters=passes.append, max_rows=4)
     assert [r.generated for r in together] == [r.generated for r in alone]
+    # The first four rows joined sharing their passage: one row for it, then the four rests.
+    assert [len(rows) for rows in passes[:2]] == [1, 4]
 
 
 def test_candidates_of_many_questions_score_as_each_question_alone(tiny_model_dir: Path) -> None:
