@@ -357,6 +357,29 @@ def test_rules_ask_how_many_of_what_is_counted_not_of_labels() -> None:
     assert not [q for q in questions if "how many heater " in q.lower()]
 
 
+def test_rules_ask_how_many_of_a_subject_that_counts() -> None:
+    _, asked = _questions(
+        "Forty-one people died in the flood. Every May, thousands of puffins return to the "
+        "cliffs. More than 400 heaters have been sold in Norway. Her two brothers left early."
+    )
+    assert ("How many people died in the flood?", "Forty-one") in asked
+    assert ("How many puffins return to the cliffs every May?", "thousands") in asked
+    assert ("How many heaters have been sold in Norway?", "More than 400") in asked
+    # "How many her brothers left early?" reads as nothing.
+    assert not [q for q, _ in asked if "brothers" in (q or "")]
+
+
+def test_rules_ask_where_only_of_a_phrase_that_names_a_place() -> None:
+    _, asked = _questions(
+        "Ada Vell works at a bakery in Ravensund. Marit Ostrander retired in 1981 and moved to a "
+        "cottage on Tindra, the smallest island in her atlas. She drew her first map at the age "
+        "of nine."
+    )
+    assert ("Where does Ada Vell work?", "a bakery in Ravensund") in asked
+    assert ("Where did Marit Ostrander move?", "a cottage on Tindra") in asked
+    assert not [q for q, _ in asked if (q or "").startswith("Where did Marit Ostrander draw")]
+
+
 def test_rules_keep_she_for_whom_she_first_stood_for() -> None:
     _, asked = _questions(
         "Lena Brock was a potter of bowls and jugs. Born in 1950 in the mill town of Varn, she "

@@ -849,13 +849,19 @@ def _answers(
     if subject_entity is not None and subject_entity.label_ in _NAMED_ENTITIES and body:
         wh = "Who" if subject_entity.label_ == "PERSON" else "What"
         yield subject_entity.text, f"@subject {wh}", None, set(), None
+    counted = None if subject is None else _subject_count(subject)
+    if counted is not None and body:
+        yield counted
     seen: set[int] = set()
+    asked_where: set[int] = set()
     for entity in verb.doc.ents:
         if entity.start not in in_body or entity.start in seen:
             continue
         seen.update(range(entity.start, entity.end))
         asked = _entity_question(entity, verb, in_body)
         if asked is not None:
+            if asked[1] == "Where":
+                asked_where.update(range(entity.start, entity.end))
             yield asked
     for child in verb.children:
         if (
@@ -873,24 +879,46 @@ def _answers(
             if 0 < len(answer.split()) <= MAX_ANSWER_WORDS:
                 removed = {t.i for t in child.subtree}
                 yield answer, "What", None, removed, None
-    yield from _place_phrases(verb, in_body)
+    yield from _place_phrases(verb, in_body, asked_where)
     yield from _prepositional_objects(verb, seen)
 
 
 def _place_phrases(
-    verb: Any, in_body: set[int]
+    verb: Any, in_body: set[int], asked_where: set[int]
 ) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
-    """'moved to a former tram depot': where did the ovens move?"""
+    """'moved to a former tram depot': where did the ovens move? 'studied at the university in
+    Carrow': where did she study? After in / on / at, a common noun is as often a time or a
+    state ('in the summer', 'at the age of nine') as a place, so it is asked "where" only when
+    its phrase names a place. What an apposition adds to the place ('a cottage on Tindra, the
+    smallest island') is not part of the answer. A phrase whose place name is already asked
+    "where" ('made in the town of Hallin': where is it made? Hallin) is not asked again."""
     for preposition in verb.children:
-        if preposition.dep_ != "prep" or preposition.lower_ not in _MOTION_PREPOSITIONS:
+        if preposition.dep_ != "prep":
             continue
         place = next((c for c in preposition.children if c.dep_ == "pobj"), None)
         if place is None or place.pos_ != "NOUN" or _name_of(place) is not None:
             continue
-        answer = _words(t for t in place.subtree if not _inside(t, place, ("relcl", "acl")))
+        phrase = [t for t in place.subtree if not _inside(t, place, ("relcl", "acl", "appos"))]
+        if any(t.i in asked_where for t in phrase):
+            continue
+        if preposition.lower_ not in _MOTION_PREPOSITIONS and not (
+            preposition.lower_ in _PLACE_PREPOSITIONS and _names_a_place(phrase)
+        ):
+            continue
+        answer = _words(phrase)
         if len(answer.split()) <= MAX_ANSWER_WORDS:
             removed = {t.i for t in preposition.subtree if t.i in in_body}
             yield answer, "Where", None, removed, None
+
+
+def _names_a_place(phrase: list[Any]) -> bool:
+    """Whether a noun phrase holds a name standing where a place does ('the university in
+    Carrow')."""
+    entities = {_name_of(t) for t in phrase}
+    return any(
+        entity is not None and entity.label_ in _NAMED_ENTITIES and _is_place(entity)
+        for entity in entities
+    )
 
 
 def _prepositional_objects(
@@ -951,21 +979,7 @@ def _entity_question(
                 or any(c.dep_ == "conj" for c in counted.children)
             ):
                 return None  # "a folder of ten thousand notes": no question reads well
-            # What an apposition adds is no part of what is counted: "employs nineteen people,
-            # among them four nurses": how many people.
-            counted_phrase = [
-                t
-                for t in counted.subtree
-                if not _inside(t, counted, ("prep", "relcl", "acl", "appos"))
-            ]
-            # "20 litres a minute": how many litres a minute; "the 20 litres": how many litres.
-            unit = _words(
-                t
-                for t in counted_phrase
-                if t.i not in answer_tokens
-                and t.dep_ not in ("nummod", "quantmod")
-                and not (t.dep_ == "det" and t.head == counted)
-            )
+            unit, counted_phrase = _counted_unit(counted, answer_tokens)
             return entity.text, f"How many {unit}", None, {t.i for t in counted_phrase}, None
         wh = "How much" if label != "CARDINAL" else _how_many_of(root)
         if wh is None:
@@ -998,6 +1012,48 @@ def _entity_question(
     if root.dep_ == "pobj" and root.head.dep_ in ("prep", "agent") and root.head.head == verb:
         return entity.text, wh, None, {t.i for t in root.head.subtree}, root.head.text
     return None
+
+
+def _counted_unit(counted: Any, number_tokens: set[int]) -> tuple[str, list[Any]]:
+    """What a "how many" question says is counted, and the counted noun's phrase. What an
+    apposition adds is no part of it: "employs nineteen people, among them four nurses": how many
+    people; "20 litres a minute": how many litres a minute; "the 20 litres": how many litres."""
+    phrase = [
+        t for t in counted.subtree if not _inside(t, counted, ("prep", "relcl", "acl", "appos"))
+    ]
+    unit = _words(
+        t
+        for t in phrase
+        if t.i not in number_tokens
+        and t.dep_ not in ("nummod", "quantmod")
+        and not (t.dep_ == "det" and t.head == counted)
+    )
+    return unit, phrase
+
+
+def _subject_count(subject: Any) -> tuple[str, str, str | None, set[int], str | None] | None:
+    """'Forty-one people died': how many people died? 'Thousands of puffins return': how many
+    puffins return? A subject that counts is asked with what it counts; one that also names whose
+    ('her two brothers') or joins another noun is not."""
+    if any(c.dep_ in ("poss", "conj") for c in subject.children):
+        return None
+    entity = _name_of(subject)
+    if (
+        entity is not None
+        and entity.label_ == "CARDINAL"
+        and entity.root == subject
+        and (subject.tag_ == "NNS" or subject.like_num)  # not "half of the trees"
+    ):
+        wh = _how_many_of(subject)  # "thousands of puffins"
+        return None if wh is None else (entity.text, f"@subject {wh}", None, set(), None)
+    if subject.pos_ != "NOUN" or subject.tag_ != "NNS":
+        return None
+    number = next((c for c in subject.children if c.dep_ == "nummod"), None)
+    entity = None if number is None else _name_of(number)
+    if entity is None or entity.label_ != "CARDINAL" or _names_its_noun(number):
+        return None
+    unit, _ = _counted_unit(subject, set(range(entity.start, entity.end)))
+    return entity.text, f"@subject How many {unit}", None, set(), None
 
 
 def _how_many_of(number: Any) -> str | None:
