@@ -380,6 +380,24 @@ def test_rules_ask_where_only_of_a_phrase_that_names_a_place() -> None:
     assert not [q for q, _ in asked if (q or "").startswith("Where did Marit Ostrander draw")]
 
 
+def test_rules_read_a_participle_as_a_passive_clause_of_its_subject() -> None:
+    _, asked = _questions(
+        "A procession leaves the town hall at five, led by a brass band. Founded in 1962, "
+        "Kelda Looms is based in Brannock. The warranty does not cover the cartridges, nor damage "
+        "caused by frost, by hot water or by opening the power supply."
+    )
+    assert ("What is a procession led by?", "a brass band") in asked
+    assert ("When was Kelda Looms founded?", "1962") in asked
+    # The noun's own "by" phrases make the participle's subject unsayable.
+    assert not [q for q, _ in asked if "damage, by" in (q or "")]
+
+
+def test_rules_ask_an_age_as_an_age() -> None:
+    _, asked = _questions("Marit Ostrander drew her first map at the age of nine.")
+    assert ("At what age did Marit Ostrander draw her first map?", "nine") in asked
+    assert not [q for q, _ in asked if (q or "").startswith("When")]
+
+
 def test_rules_keep_she_for_whom_she_first_stood_for() -> None:
     _, asked = _questions(
         "Lena Brock was a potter of bowls and jugs. Born in 1950 in the mill town of Varn, she "

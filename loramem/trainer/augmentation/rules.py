@@ -91,6 +91,7 @@ _CALENDAR_NAMES = re.compile(
 )
 # "four years later": a time, not a length.
 _RELATIVE_TIME = re.compile(r"\b(later|ago|earlier|before|after)\b")
+_AGE = re.compile(r"(?:the )?age of (?P<years>[\w-]+)", re.IGNORECASE)
 _UNIT_WORDS = re.compile(r"^(years?|months?|weeks?|days?|hours?|minutes?|seconds?|nights?)$")
 # "the eleventh night", "the 3rd week": a point in time, not a length of it.
 _ORDINAL = re.compile(r"\d+(st|nd|rd|th)|first|second|third|\w+th")
@@ -536,7 +537,12 @@ class _Reader:
             return []
         subject = _subject(verb)
         if subject is None:
-            return self._instruction(verb) if _imperative(verb) else []
+            if _imperative(verb):
+                return self._instruction(verb)
+            if _bare_participle(verb):
+                said_of = _subject(verb.head)
+                return [] if said_of is None else self._participle(verb, said_of)
+            return []
         relative = subject.lower_ in _RELATIVE_PRONOUNS
         if (
             verb.dep_ == "relcl"
@@ -592,25 +598,31 @@ class _Reader:
             return []  # "Never connect it to a hot tap": asked "what do you connect?", inverted
         return self._facts(verb, None, "you", [], body, frozenset())
 
-    def _participle(self, verb: Any) -> list[_Fact]:
+    def _participle(self, verb: Any, subject: Any | None = None) -> list[_Fact]:
         """'the bridge, built in 1890 by Thomas Arden,': a passive clause without its subject
-        and auxiliary, both given back: when was the bridge built? Who built it?"""
-        noun = verb.head
+        and auxiliary, both given back: when was the bridge built? Who built it? With `subject`,
+        the participle says something of its clause's subject: 'Founded in 1962, the firm ...',
+        'A procession leaves at five, led by a brass band': what is a procession led by?"""
+        noun = verb.head if subject is None else subject
         # "Acme, a company founded in 1987" and "Acme is a company founded in 1987": Acme was.
-        if noun.dep_ == "appos" and _name_of(noun.head) is not None:
+        if subject is not None:
+            pass
+        elif noun.dep_ == "appos" and _name_of(noun.head) is not None:
             noun = noun.head
         elif noun.dep_ == "attr" and noun.head.lemma_ == "be":
-            subject = _subject(noun.head)
-            named = subject is not None and (subject.pos_ == "PROPN" or _name_of(subject))
-            noun = subject if named else noun
+            said_of = _subject(noun.head)
+            named = said_of is not None and (said_of.pos_ == "PROPN" or _name_of(said_of))
+            noun = said_of if named else noun
         if noun.pos_ not in ("NOUN", "PROPN"):
             return []
         said = self.phrase(noun, frozenset(t.i for t in verb.subtree))
-        if said is None or said.split()[0].lower() in ("a", "an"):
-            return []  # "a kettle made by Tarnfield": no question can say which kettle
+        if said is None or (subject is None and said.split()[0].lower() in ("a", "an")):
+            # "a kettle made by Tarnfield": no question can say which kettle. A clause's
+            # subject is said as its clause's own questions say it.
+            return []
         body = _trimmed(
             [
-                t
+                _Lowered(t) if t.i == t.sent.start else t  # "Founded in 1962, ..."
                 for t in verb.subtree
                 if not _inside(
                     t, verb, ("relcl", "appos", "advcl", "acl", "parataxis", "conj", "cc")
@@ -619,7 +631,8 @@ class _Reader:
         )
         # Done at a date is done in the past, whatever the sentence's own tense.
         past = _past(verb.sent) or any(t.ent_type_ == "DATE" for t in body)
-        plural = noun.tag_ in ("NNS", "NNPS")
+        # A name is one thing, whatever its last word ("Kelda Looms was founded").
+        plural = noun.tag_ == "NNS" or (noun.tag_ == "NNPS" and _name_of(noun) is None)
         auxiliary = ("were" if plural else "was") if past else ("are" if plural else "is")
         return self._facts(verb, noun, said, [auxiliary], body, frozenset())
 
@@ -751,11 +764,11 @@ class _Reader:
             return None
         by_agent = {t.i for t in agent.subtree}
         words = self._said(
-            _trimmed([t for t in body if t.i not in by_agent and t != verb]), subject, bound
+            _trimmed([t for t in body if t.i not in by_agent and t.i != verb.i]), subject, bound
         )
         if words is None:
             return None
-        clause = _tidy(f"{verb.text} {subject} {' '.join(words)}")
+        clause = _tidy(f"{verb.lower_} {subject} {' '.join(words)}")
         return _Fact("Who", named.text, clause, clause)
 
     def _question(
@@ -924,9 +937,15 @@ def _names_a_place(phrase: list[Any]) -> bool:
 def _prepositional_objects(
     verb: Any, asked: set[int]
 ) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
-    """'is written in Rust', 'paid for a security audit': what is it written in?"""
+    """'is written in Rust', 'paid for a security audit': what is it written in? 'led by a brass
+    band': what is it led by?"""
     for preposition in verb.children:
-        if preposition.dep_ != "prep" or preposition.lower_ in _MOTION_PREPOSITIONS | {"of"}:
+        if preposition.dep_ == "agent" and not _plain_agent(verb, preposition):
+            continue
+        if preposition.dep_ not in (
+            "prep",
+            "agent",
+        ) or preposition.lower_ in _MOTION_PREPOSITIONS | {"of"}:
             continue
         thing = next((c for c in preposition.children if c.dep_ == "pobj"), None)
         if thing is None or thing.i in asked or _name_of(thing) is not None:
@@ -938,6 +957,21 @@ def _prepositional_objects(
         answer = _words(t for t in thing.subtree if not _inside(t, thing, ("relcl", "acl", "prep")))
         if 0 < len(answer.split()) <= MAX_ANSWER_WORDS:
             yield answer, "What", None, {t.i for t in preposition.subtree}, preposition.lower_
+
+
+def _plain_agent(verb: Any, agent: Any) -> bool:
+    """Whether a passive's "by" phrase is one plain noun phrase, the participle's only "by":
+    'funded partly by a levy by the town council', 'by two sisters, Agnes and Ruth' and 'by
+    frost, by hot water or by ...' ask nothing that reads well."""
+    thing = next((c for c in agent.children if c.dep_ == "pobj"), None)
+    # "damage caused by frost, by hot water": the noun's own "by" phrases are the agent's too.
+    phrase = [*verb.children, *(verb.head.children if verb.dep_ == "acl" else ())]
+    return (
+        verb.tag_ == "VBN"
+        and thing is not None
+        and sum(c.lower_ == "by" for c in phrase) == 1
+        and not any(c.dep_ in ("conj", "cc", "appos") for c in (*agent.children, *thing.children))
+    )
 
 
 def _entity_question(
@@ -954,6 +988,12 @@ def _entity_question(
         label = "GPE" if root.text[:1].isupper() else "DATE"  # the small pipeline's slip
         if label == "DATE":
             return None
+    age = _AGE.fullmatch(entity.text)
+    if label in _TIMES and age is not None:
+        # "drew her first map at the age of nine": at what age did she draw it? (not "when")
+        if preposition is not None and preposition.lower_ == "at" and preposition.head == verb:
+            return age["years"], "At what age", None, {t.i for t in preposition.subtree}, None
+        return None
     if label in _TIMES:
         unit = next((t for t in entity if _UNIT_WORDS.match(t.lower_)), None)
         if unit is not None and any(_cardinal(t) for t in entity):
@@ -1231,6 +1271,18 @@ def _subject(verb: Any) -> Any | None:
         if verb.dep_ != "conj":
             return None
         verb = verb.head
+
+
+def _bare_participle(verb: Any) -> bool:
+    """A past participle standing for a passive clause of its own, with no auxiliary or
+    conjunction: 'Founded in 1962, ...', '..., led by a brass band,'."""
+    return (
+        verb.dep_ == "advcl"
+        and verb.tag_ == "VBN"
+        and not any(
+            c.dep_ in ("aux", "auxpass", "mark", "nsubj", "nsubjpass") for c in verb.children
+        )
+    )
 
 
 def _imperative(verb: Any) -> bool:
