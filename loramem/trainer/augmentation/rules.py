@@ -603,16 +603,7 @@ class _Reader:
         and auxiliary, both given back: when was the bridge built? Who built it? With `subject`,
         the participle says something of its clause's subject: 'Founded in 1962, the firm ...',
         'A procession leaves at five, led by a brass band': what is a procession led by?"""
-        noun = verb.head if subject is None else subject
-        # "Acme, a company founded in 1987" and "Acme is a company founded in 1987": Acme was.
-        if subject is not None:
-            pass
-        elif noun.dep_ == "appos" and _name_of(noun.head) is not None:
-            noun = noun.head
-        elif noun.dep_ == "attr" and noun.head.lemma_ == "be":
-            said_of = _subject(noun.head)
-            named = said_of is not None and (said_of.pos_ == "PROPN" or _name_of(said_of))
-            noun = said_of if named else noun
+        noun = subject if subject is not None else _participle_noun(verb.head)
         if noun.pos_ not in ("NOUN", "PROPN"):
             return []
         said = self.phrase(noun, frozenset(t.i for t in verb.subtree))
@@ -940,12 +931,10 @@ def _prepositional_objects(
     """'is written in Rust', 'paid for a security audit': what is it written in? 'led by a brass
     band': what is it led by?"""
     for preposition in verb.children:
-        if preposition.dep_ == "agent" and not _plain_agent(verb, preposition):
-            continue
-        if preposition.dep_ not in (
-            "prep",
-            "agent",
-        ) or preposition.lower_ in _MOTION_PREPOSITIONS | {"of"}:
+        if preposition.dep_ == "agent":
+            if not _plain_agent(verb, preposition):
+                continue
+        elif preposition.dep_ != "prep" or preposition.lower_ in _MOTION_PREPOSITIONS | {"of"}:
             continue
         thing = next((c for c in preposition.children if c.dep_ == "pobj"), None)
         if thing is None or thing.i in asked or _name_of(thing) is not None:
@@ -1271,6 +1260,18 @@ def _subject(verb: Any) -> Any | None:
         if verb.dep_ != "conj":
             return None
         verb = verb.head
+
+
+def _participle_noun(head: Any) -> Any:
+    """The noun a participle hanging from `head` says something of. "Acme, a company founded in
+    1987" and "Acme is a company founded in 1987": Acme was."""
+    if head.dep_ == "appos" and _name_of(head.head) is not None:
+        return head.head
+    if head.dep_ == "attr" and head.head.lemma_ == "be":
+        subject = _subject(head.head)
+        if subject is not None and (subject.pos_ == "PROPN" or _name_of(subject)):
+            return subject
+    return head
 
 
 def _bare_participle(verb: Any) -> bool:
