@@ -591,7 +591,7 @@ class _Reader:
         who reads them is "you". A clause that leans on a pronoun ("leave it somewhere warm")
         asks nothing: which thing "it" is, an instruction seldom says. Nor does a negated one,
         whose question would teach the opposite."""
-        body = [_Lowered(t) if t.i == t.sent.start else t for t in _clause_body(verb, None)]
+        body = _lowered_start(_clause_body(verb, None))
         if any(t.pos_ == "PRON" and t.lower_ not in _SECOND_PERSON for t in body):
             return []
         if any(c.dep_ == "neg" or c.lower_ == "never" for c in verb.children):
@@ -612,13 +612,15 @@ class _Reader:
             # subject is said as its clause's own questions say it.
             return []
         body = _trimmed(
-            [
-                _Lowered(t) if t.i == t.sent.start else t  # "Founded in 1962, ..."
-                for t in verb.subtree
-                if not _inside(
-                    t, verb, ("relcl", "appos", "advcl", "acl", "parataxis", "conj", "cc")
-                )
-            ]
+            _lowered_start(  # "Founded in 1962, ..."
+                [
+                    t
+                    for t in verb.subtree
+                    if not _inside(
+                        t, verb, ("relcl", "appos", "advcl", "acl", "parataxis", "conj", "cc")
+                    )
+                ]
+            )
         )
         # Done at a date is done in the past, whatever the sentence's own tense.
         past = _past(verb.sent) or any(t.ent_type_ == "DATE" for t in body)
@@ -1434,6 +1436,11 @@ class _Lowered:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._token, name)
+
+
+def _lowered_start(tokens: list[Any]) -> list[Any]:
+    """`tokens` with a sentence's first word lower-cased, for a question that moves it."""
+    return [_Lowered(t) if t.i == t.sent.start else t for t in tokens]
 
 
 def _inside_dropped(token: Any, head: Any) -> bool:
