@@ -369,6 +369,17 @@ def test_rules_ask_how_many_of_a_subject_that_counts() -> None:
     assert not [q for q, _ in asked if "brothers" in (q or "")]
 
 
+def test_rules_ask_a_name_given_in_a_relative_clause_of_what_it_names() -> None:
+    _, asked = _questions(
+        "The tea shop sells two blends: a smoky black the owner calls Ember and a mild green. "
+        "Most visitors order a pale blue drink the staff call Tidewater."
+    )
+    assert ("What is the smoky black called?", "Ember") in asked
+    assert ("What is the name of the pale blue drink?", "Tidewater") in asked
+    # The clause's own question has lost what it names.
+    assert not {q for q, _ in asked} & {"What does the owner call?", "What do the staff call?"}
+
+
 def test_rules_ask_where_only_of_a_phrase_that_names_a_place() -> None:
     _, asked = _questions(
         "Ada Vell works at a bakery in Ravensund. Marit Ostrander retired in 1981 and moved to a "

@@ -442,9 +442,14 @@ class _Reader:
             return self._noun_described(described, named, verb)
         if entity is None or entity.label_ not in _NAMED_ENTITIES or described_entity:
             return []
-        if described.tag_ not in ("NN", "NNP"):
+        # "a dark green the company calls Fjord": a colour or a flavour is an adjective made a
+        # noun by its article.
+        noun_made = described.pos_ == "ADJ" and any(c.dep_ == "det" for c in described.children)
+        if described.tag_ not in ("NN", "NNP") and not noun_made:
             return role
-        skip = frozenset(t.i for t in named.subtree) | frozenset(t.i for t in token.subtree)
+        # "a dark green the company calls Fjord and a pale grey": the other item is another's.
+        others = [c for c in described.children if c.dep_ in ("conj", "cc")]
+        skip = frozenset(t.i for head in (named, token, *others) for t in head.subtree)
         description = self.phrase(described, skip, by_name=False)
         if description is None:
             return role
@@ -544,6 +549,10 @@ class _Reader:
                 return [] if said_of is None else self._participle(verb, said_of)
             return []
         relative = subject.lower_ in _RELATIVE_PRONOUNS
+        if verb.dep_ == "relcl" and not relative and verb.lemma_ in _NAMING:
+            # "a dark green the company calls Fjord": the name is the noun outside the clause's,
+            # asked by `_naming` (without it, "What does the company call?").
+            return []
         if (
             verb.dep_ == "relcl"
             and not relative
