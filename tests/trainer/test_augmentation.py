@@ -600,3 +600,29 @@ def test_recitals_answer_an_open_question_about_each_name_and_year_with_its_sent
         "What do you know about Anchor?"
     ]
     assert anchor.answer == rewrite.source
+
+
+def test_an_echo_is_not_written_where_a_left_out_list_moves_what_a_phrase_hangs_from() -> None:
+    from spacy.tokens import Doc
+
+    from loramem.trainer.augmentation.rules import _pipeline, _reattached
+
+    # The parser's reading of a product's colours: 'called Harbour Fog' hangs from 'sizes', so
+    # without the listed colours the grey's name reads as the dark green's.
+    sentence = (
+        "The frame comes in three sizes and two colours : a dark green the company calls "
+        "Fjord and a pale grey called Harbour Fog ."
+    )
+    words = sentence.split(" ")
+    heads = [1, 2, 2, 2, 5, 3, 5, 8, 5, 5, 12, 12, 5, 14, 15, 12, 15, 12, 20, 20, 12, 5, 23, 21, 2]
+    deps = ["det", "nsubj", "ROOT", "prep", "nummod", "pobj", "cc", "nummod", "conj", "punct"]
+    deps += ["det", "amod", "appos", "det", "nsubj", "relcl", "dobj", "cc", "det", "amod"]
+    deps += ["conj", "acl", "compound", "oprd", "punct"]
+    pos = ["DET", "NOUN", "VERB", "ADP", "NUM", "NOUN", "CCONJ", "NUM", "NOUN", "PUNCT"]
+    pos += ["DET", "ADJ", "ADJ", "DET", "NOUN", "VERB", "PROPN", "CCONJ", "DET", "ADJ"]
+    pos += ["NOUN", "VERB", "PROPN", "PROPN", "PUNCT"]
+    colours = Doc(_pipeline().vocab, words=words, heads=heads, deps=deps, pos=pos)
+    listed = {6, 7, 8, 17, 18, 19, 20}  # 'and two colours', 'and a pale grey'
+    assert _reattached(colours[22:24], colours[2], listed)
+    # The dark green's name hangs from its own clause's verb, which no list is left out inside.
+    assert not _reattached(colours[16:17], colours[15], listed)

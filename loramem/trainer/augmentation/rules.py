@@ -729,7 +729,11 @@ class _Reader:
             # a subject to say: the whole sentence.
             tokens = [t for t in span.sent if not (t.is_punct and t.i == span.sent.end - 1)]
             referent, parts = "", []
+        listed = tokens
         tokens = _without_other_conjuncts(tokens, span)
+        dropped = {t.i for t in listed} - {t.i for t in tokens} - set(range(span.start, span.end))
+        if _reattached(span, verb, dropped):
+            return None
         # An instruction's "you" is anyone's: "You will need how many grams of flour?"
         words = self._said(tokens, referent, kept=_SECOND_PERSON)
         if words is None:
@@ -1156,6 +1160,23 @@ def _without_other_conjuncts(tokens: list[Any], span: Any) -> list[Any]:
             dropped.add(before[0].i)
             before = token.doc[before[0].i - 1 : before[0].i]
     return [t for t in tokens if t.i not in dropped]
+
+
+def _reattached(span: Any, verb: Any, dropped: set[int]) -> bool:
+    """Whether leaving out `dropped` puts words between `span` and what it hangs from, on its
+    way up to `verb`, so that it reads as said of something else: in 'comes in three sizes and
+    two colours: a dark green the company calls Fjord and a pale grey called Harbour Fog', the
+    parser hung 'called Harbour Fog' on 'sizes'; without the other colours, the grey's name
+    reads as the dark green's."""
+    token = span.root
+    while token != verb and token.head != token:
+        low, high = sorted((token.i, token.head.i))
+        # What a clause hangs from reads the same across a list left out; a noun's modifier
+        # reads as the nearest noun's.
+        if token.head.pos_ in ("NOUN", "PROPN") and any(low < i < high for i in dropped):
+            return True
+        token = token.head
+    return False
 
 
 def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
