@@ -626,3 +626,10 @@ def test_an_echo_is_not_written_where_a_left_out_list_moves_what_a_phrase_hangs_
     assert _reattached(colours[22:24], colours[2], listed)
     # The dark green's name hangs from its own clause's verb, which no list is left out inside.
     assert not _reattached(colours[16:17], colours[15], listed)
+    # And the generator, whose parser reads the sentence so, writes no such echo.
+    _, asked = _questions(
+        "The frame is aluminium and comes in three sizes and two colours: a dark green the "
+        "company calls Fjord and a pale grey called Harbour Fog."
+    )
+    assert ("What is the dark green called?", "Fjord") in asked
+    assert not [q for q, _ in asked if "calls Fjord" in (q or "")]

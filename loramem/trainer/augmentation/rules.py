@@ -549,19 +549,19 @@ class _Reader:
                 return [] if said_of is None else self._participle(verb, said_of)
             return []
         relative = subject.lower_ in _RELATIVE_PRONOUNS
-        if verb.dep_ == "relcl" and not relative and verb.lemma_ in _NAMING:
-            # "a dark green the company calls Fjord": the name is the noun outside the clause's,
-            # asked by `_naming` (without it, "What does the company call?").
-            return []
         if (
             verb.dep_ == "relcl"
             and not relative
-            and not any(
-                c.dep_ == "dobj" and c.lower_ not in _RELATIVE_PRONOUNS for c in verb.children
+            and (
+                verb.lemma_ in _NAMING
+                or not any(
+                    c.dep_ == "dobj" and c.lower_ not in _RELATIVE_PRONOUNS for c in verb.children
+                )
             )
         ):
             # "the rye he called Anchor", "a line that fishermen can call by radio": what it
-            # says is about the noun outside it, which no question of the clause would name.
+            # says is about the noun outside it, which no question of the clause would name
+            # ("a dark green the company calls Fjord": `_naming` asks what the green is called).
             return []
         head_name = _name_of(verb.head)
         person = head_name is not None and head_name.label_ == "PERSON"
@@ -729,11 +729,10 @@ class _Reader:
             # a subject to say: the whole sentence.
             tokens = [t for t in span.sent if not (t.is_punct and t.i == span.sent.end - 1)]
             referent, parts = "", []
-        listed = tokens
-        tokens = _without_other_conjuncts(tokens, span)
-        dropped = {t.i for t in listed} - {t.i for t in tokens} - set(range(span.start, span.end))
-        if _reattached(span, verb, dropped):
+        dropped = _other_conjuncts(tokens, span)
+        if _reattached(span, verb, dropped - set(range(span.start, span.end))):
             return None
+        tokens = [t for t in tokens if t.i not in dropped]
         # An instruction's "you" is anyone's: "You will need how many grams of flour?"
         words = self._said(tokens, referent, kept=_SECOND_PERSON)
         if words is None:
@@ -1144,10 +1143,10 @@ def _answer_spans(sentence: Any) -> list[Any]:
     return spans
 
 
-def _without_other_conjuncts(tokens: list[Any], span: Any) -> list[Any]:
-    """Without the things listed beside `span`: '400 grams of rye flour, 100 grams of white
-    flour and ten grams of salt' asks about one of them at a time, as does 'at half past five in
-    the summer and at four in the winter'."""
+def _other_conjuncts(tokens: list[Any], span: Any) -> set[int]:
+    """The indices of the things listed beside `span` among `tokens`, to be left out: '400 grams
+    of rye flour, 100 grams of white flour and ten grams of salt' asks about one of them at a
+    time, as does 'at half past five in the summer and at four in the winter'."""
     dropped: set[int] = set()
     for token in tokens:
         if token.dep_ != "conj" or token.pos_ not in ("NOUN", "PROPN", "NUM", "ADP"):
@@ -1159,7 +1158,7 @@ def _without_other_conjuncts(tokens: list[Any], span: Any) -> list[Any]:
         while before and (before[0].is_punct or before[0].dep_ == "cc"):
             dropped.add(before[0].i)
             before = token.doc[before[0].i - 1 : before[0].i]
-    return [t for t in tokens if t.i not in dropped]
+    return dropped
 
 
 def _reattached(span: Any, verb: Any, dropped: set[int]) -> bool:
