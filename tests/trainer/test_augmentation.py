@@ -380,6 +380,25 @@ def test_rules_ask_a_name_given_in_a_relative_clause_of_what_it_names() -> None:
     assert not {q for q, _ in asked} & {"What does the owner call?", "What do the staff call?"}
 
 
+def test_rules_ask_a_name_the_text_introduces_by_its_kind_with_which() -> None:
+    _, asked = _questions(
+        "Each spring the village of Ostby sends a dozen rafts down the river Tamsin on the "
+        "second Sunday of September. The painter Lena Voss lived in the town of Harwick. She "
+        "sold her first canvas at the age of nine. The mill opened in 1910 with a staff of 19."
+    )
+    assert (
+        "Each spring the village of Ostby sends a dozen rafts down which river on the second "
+        "Sunday of September?",
+        "Tamsin",
+    ) in asked
+    # Whatever the pipeline takes a name for, its kind says which it is; and a phrase's head
+    # alone ("the town" of Harwick, "the age" of nine) is asked nothing.
+    assert not [q for q, _ in asked if " who?" in (q or "") or "what of" in (q or "")]
+    assert ("Where did Lena Voss live?", "Harwick") in asked
+    # "19" is not taken for asked by "1910", which holds its digits.
+    assert ("The mill opened in 1910 with a staff of how many?", "19") in asked
+
+
 def test_rules_ask_where_only_of_a_phrase_that_names_a_place() -> None:
     _, asked = _questions(
         "Ada Vell works at a bakery in Ravensund. Marit Ostrander retired in 1981 and moved to a "

@@ -66,6 +66,27 @@ _PLACE_PREPOSITIONS = {"in", "at", "on", "near", "inside", "into", "to", "onto",
 _TIME_PREPOSITIONS = {"in", "on", "at", "during", "since", "until", "by", "after", "before"}
 _NAMED_ENTITIES = {"PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "WORK_OF_ART", "EVENT", "NORP"}
 _PLACES = {"GPE", "LOC", "FAC"}
+# Kinds of place whose name follows "of": "the town of Greyhaven", "the port city of Ravensund"
+# (against "the mayor of Greyhaven", which names no town).
+_PLACE_KINDS = {
+    "borough",
+    "city",
+    "county",
+    "district",
+    "hamlet",
+    "island",
+    "kingdom",
+    "parish",
+    "port",
+    "province",
+    "region",
+    "republic",
+    "state",
+    "suburb",
+    "town",
+    "valley",
+    "village",
+}
 _COUNTS = {"CARDINAL", "QUANTITY", "MONEY", "PERCENT"}
 _TIMES = {"DATE", "TIME"}
 _NAMING = {"name", "call"}
@@ -683,12 +704,15 @@ class _Reader:
         questions keep the sentence's own order, so they need no inversion, and any clause can
         carry one; the parse's questions covered about half of what readers asked of
         hand-written articles."""
-        asked = [" ".join(plain_words(fact.answer)) for fact in facts]
+        # Padded, so that words match whole: "Ember" is not asked by "November".
+        asked = [f" {' '.join(plain_words(fact.answer))} " for fact in facts]
         echoes: list[_Fact] = []
         for span in _answer_spans(sentence):
             answer = _tidy(span.text)
-            said = " ".join(plain_words(answer))
-            if not said or any(said in other or other in said for other in asked if other):
+            said = f" {' '.join(plain_words(answer))} "
+            if not said.strip() or any(
+                said in other or other in said for other in asked if other.strip()
+            ):
                 continue
             echo = self._echo(span)
             if echo is not None:
@@ -1178,6 +1202,30 @@ def _reattached(span: Any, verb: Any, dropped: set[int]) -> bool:
     return False
 
 
+def _kind_named(span: Any) -> tuple[str, set[int]] | None:
+    """The kind of thing a name is said to be where the text introduces the name by it, and the
+    words that do so: "the river Ember" (river), "the hill town of Brannock" (hill town). Only
+    after "the", which makes the name the one thing of that kind the sentence means."""
+    root, doc = span.root, span.doc
+    if root.dep_ == "pobj" and root.head.lower_ == "of" and root.head.i == span.start - 1:
+        kind = root.head.head
+        if kind.pos_ != "NOUN" or kind.lower_ not in _PLACE_KINDS or kind.i != span.start - 2:
+            return None
+        before = list(doc[kind.left_edge.i : kind.i + 1])
+        end = kind.i + 2  # the "of" too
+    else:
+        before = list(doc[root.left_edge.i : span.start])
+        end = span.start
+    kinds = [t for t in before if t.pos_ == "NOUN"]
+    if (
+        not kinds
+        or before[0].lower_ != "the"
+        or any(t.pos_ not in ("DET", "ADJ", "NOUN") or not t.is_lower for t in before)
+    ):
+        return None
+    return " ".join(t.text for t in kinds), set(range(before[0].i, end))
+
+
 def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
     """The question word that stands in for `span`, and the tokens it replaces."""
     label, root = span.label_, span.root
@@ -1186,6 +1234,11 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
     if any(child.dep_ == "case" for child in root.children):
         # "Maranova's idea": whose idea?
         return "whose", replaced | {c.i for c in root.children if c.dep_ == "case"}
+    kind = _kind_named(span)
+    if kind is not None:
+        # "down the river Ember": down which river? Whatever the pipeline took the name for.
+        words, introducing = kind
+        return f"which {words}", replaced | introducing
     if label == "PERSON":
         return "who", replaced
     if label in _PLACES:
@@ -1193,6 +1246,10 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
         if preposition is not None and preposition.lower_ in _PLACE_PREPOSITIONS:
             return "where", replaced | {preposition.i}
         return "which place", replaced
+    if label == _NOUN_CHUNK and any(c.lower_ == "of" and c.i >= span.end for c in root.children):
+        # "at what of nine? The age", "in what of Harwick? The town": the phrase's head alone
+        # says nothing without what it is of.
+        return None
     if label in _NAMED_ENTITIES or label == _NOUN_CHUNK:
         return "what", replaced
     if label in _TIMES:
