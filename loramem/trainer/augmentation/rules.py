@@ -704,19 +704,18 @@ class _Reader:
         questions keep the sentence's own order, so they need no inversion, and any clause can
         carry one; the parse's questions covered about half of what readers asked of
         hand-written articles."""
-        # Padded, so that words match whole: "Ember" is not asked by "November".
-        asked = [f" {' '.join(plain_words(fact.answer))} " for fact in facts]
+        asked = [fact.answer for fact in facts]
         echoes: list[_Fact] = []
         for span in _answer_spans(sentence):
             answer = _tidy(span.text)
-            said = f" {' '.join(plain_words(answer))} "
-            if not said.strip() or any(
-                said in other or other in said for other in asked if other.strip()
+            # In whole words: "Ember" is not asked by "November".
+            if not plain_words(answer) or any(
+                recalled(answer, other) or recalled(other, answer) for other in asked
             ):
                 continue
             echo = self._echo(span)
             if echo is not None:
-                asked.append(said)
+                asked.append(answer)
                 echoes.append(_Fact("", answer, "", "", echo=echo))
         return echoes
 
