@@ -350,12 +350,34 @@ def test_precision_follows_the_setting_and_the_hardware(
 ) -> None:
     for has_bf16 in (True, False):
         monkeypatch.setattr(base_model, "bf16_supported", lambda device, has=has_bf16: has)
+        monkeypatch.setattr(base_model, "bf16_faster", lambda device, has=has_bf16: has)
         assert training_precision(Settings(data_dir=tmp_path)) == ("bf16" if has_bf16 else "fp32")
         assert training_precision(Settings(data_dir=tmp_path, train_precision="fp32")) == "fp32"
         assert training_precision(Settings(data_dir=tmp_path, train_precision="bf16")) == "bf16"
         assert weights_precision(Settings(data_dir=tmp_path)) == "fp32"
         bf16_weights = Settings(data_dir=tmp_path, weights_precision="bf16")
         assert weights_precision(bf16_weights) == ("bf16" if has_bf16 else "fp32")
+
+
+def test_auto_precision_is_bf16_only_where_a_bf16_matmul_measures_faster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Measured here, on whatever CPU runs the tests: two positive times.
+    assert all(seconds > 0 for seconds in base_model._matmul_seconds(("fp32", "bf16"), rounds=1))
+    monkeypatch.setattr(base_model, "bf16_supported", lambda device: True)
+    try:
+        # (fp32's time, bf16's): bf16 must be clearly faster to pay for its casts.
+        for times, expected in (((1.0, 0.5), "bf16"), ((1.0, 0.9), "fp32"), ((1.0, 1.6), "fp32")):
+            monkeypatch.setattr(base_model, "_matmul_seconds", lambda precisions, t=times: list(t))
+            base_model.bf16_faster.cache_clear()
+            assert training_precision(Settings(data_dir=tmp_path)) == expected
+            assert training_precision(Settings(data_dir=tmp_path, train_precision="bf16")) == "bf16"
+        monkeypatch.setattr(base_model, "bf16_supported", lambda device: False)
+        base_model.bf16_faster.cache_clear()
+        assert training_precision(Settings(data_dir=tmp_path)) == "fp32"
+    finally:
+        # The measurement is cached for the process: the other tests get this machine's own.
+        base_model.bf16_faster.cache_clear()
 
 
 def test_bf16_checkpointed_micro_batched_training_recalls(tiny_model_dir: Path) -> None:
