@@ -114,8 +114,8 @@ def bf16_supported(device: str) -> bool:
 # How much faster a bf16 matmul must be than an fp32 one for "auto" to train in bf16 autocast,
 # which also pays for casts. The flags alone do not say it: an Intel Xeon with avx512_bf16 and no
 # AMX multiplied 211x576 @ 576x1536 at 167 GFLOP/s in bf16 against 246 in fp32, and trained a
-# 260-word article's steps in 2.7 s against 2.0 in fp32 (2026-12-07); an AMD EPYC with the same
-# flag trained them faster in bf16.
+# 257-word article's steps in 2.7 s against 1.8 in fp32 (2026-12-07); the machine the lean
+# trainer was first measured on multiplied 2048x576 @ 576x1536 at 151 GFLOP/s in bf16 against 61.
 BF16_MIN_SPEEDUP = 1.2
 
 
