@@ -363,12 +363,12 @@ def test_auto_precision_is_bf16_only_where_a_bf16_matmul_measures_faster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Measured here, on whatever CPU runs the tests: two positive times.
-    assert all(seconds > 0 for seconds in base_model._matmul_seconds(("fp32", "bf16"), rounds=1))
+    assert all(seconds > 0 for seconds in base_model._matmul_seconds(rounds=1))
     monkeypatch.setattr(base_model, "bf16_supported", lambda device: True)
     try:
         # (fp32's time, bf16's): bf16 must be clearly faster to pay for its casts.
         for times, expected in (((1.0, 0.5), "bf16"), ((1.0, 0.9), "fp32"), ((1.0, 1.6), "fp32")):
-            monkeypatch.setattr(base_model, "_matmul_seconds", lambda precisions, t=times: list(t))
+            monkeypatch.setattr(base_model, "_matmul_seconds", lambda t=times: t)
             base_model.bf16_faster.cache_clear()
             assert training_precision(Settings(data_dir=tmp_path)) == expected
             assert training_precision(Settings(data_dir=tmp_path, train_precision="bf16")) == "bf16"
