@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from loramem.core.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ONEDNN_PRIMITIVE_CACHE_CAPACITY = "128"
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     # Models come from local folders only; never wait on a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # oneDNN keeps a compiled kernel for each matmul shape it meets, 1,024 by default, and
+    # training meets a new shape with nearly every micro-batch: a server's resident memory grew
+    # from job to job (README, "What the memory recalls"). Read when torch first computes, so
+    # set before; an operator's own value stands.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE_CAPACITY)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

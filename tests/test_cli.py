@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from loramem.cli import main
 from tests.helpers import process_env
 
 
@@ -45,3 +47,16 @@ def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
     result = _loramem("serve", port="eighty", data_dir=str(tmp_path))
     assert result.returncode == 2
     assert "LORAMEM_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("operators", "expected"), [(None, "128"), ("512", "512")])
+def test_the_command_bounds_onednns_kernel_cache_unless_the_operator_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operators: str | None, expected: str
+) -> None:
+    monkeypatch.setenv("LORAMEM_DATA_DIR", str(tmp_path))
+    # Set first, so that the test's end restores the variable whatever `main` does with it.
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", operators or "")
+    if operators is None:
+        monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    main(["db", "upgrade"])
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == expected
