@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # oneDNN keeps a compiled kernel for each matmul shape it meets, 1,024 by default, and
     # training meets a new shape with nearly every micro-batch: a server's resident memory grew
-    # from job to job (README, "What the memory recalls"). Read when torch first computes, so
-    # set before; an operator's own value stands.
+    # from job to job (README, "What the memory recalls"). Set before anything here imports
+    # torch, as a shell prefix would; an operator's own value stands.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE_CAPACITY)
     from transformers.utils import logging as transformers_logging
 
