@@ -380,6 +380,31 @@ def test_rules_ask_a_name_given_in_a_relative_clause_of_what_it_names() -> None:
     assert not {q for q, _ in asked} & {"What does the owner call?", "What do the staff call?"}
 
 
+def test_rules_read_a_relative_clause_after_a_place_as_said_of_what_the_place_is_in() -> None:
+    items, asked = _questions(
+        "Mara Velt, a potter in Oslo, who opened the kiln in 2004, still fires it every week. "
+        "The workshop won a prize from a guild in Norway, which paid for a new wheel."
+    )
+    questions = [i.question or "" for i in items]
+    # Neither Oslo nor Norway did anything: the potter opened the kiln, the guild paid.
+    assert not [
+        q for q in questions if re.search(r"\b(?:did|does) (?:Oslo|Norway)\b|^(?:Oslo|Norway) ", q)
+    ]
+    assert "What did a guild in Norway pay for?" in questions
+    assert [q for q, a in asked if a == "2004" and "Mara Velt" in (q or "")]
+
+
+def test_rules_ask_what_of_a_thing_named_after_a_person() -> None:
+    _, asked = _questions(
+        "Jonas Arke drew maps of the northern islands. The Arke Atlas was printed in 1970 and "
+        "covered ninety islands."
+    )
+    questions = {q or "" for q, _ in asked}
+    assert "When was The Arke Atlas printed?" in questions
+    assert ("What covered ninety islands?", "The Arke Atlas") in asked
+    assert not [q for q in questions if q.startswith(("Who was printed", "Who covered"))]
+
+
 def test_rules_ask_a_name_the_text_introduces_by_its_kind_with_which() -> None:
     _, asked = _questions(
         "Each spring the village of Ostby sends a dozen rafts down the river Tamsin on the "

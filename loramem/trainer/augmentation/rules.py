@@ -165,7 +165,7 @@ class _Referents:
         largest of the islands, Skarholm": the small pipeline tags many made-up names PERSON)."""
         if any(entity.text in (person, person.split()[-1]) for person in self.people):
             return True
-        return entity.label_ == "PERSON" and not _is_place(entity)
+        return _names_a_person(entity) and not _is_place(entity)
 
     def note(self, entity: Any, description: Any | None = None) -> None:
         name = entity.text
@@ -305,6 +305,36 @@ def _is_place(entity: Any) -> bool:
     while phrase.dep_ == "pobj" and phrase.head.lower_ == "of":
         phrase = phrase.head.head  # "the largest of the islands"
     return phrase.dep_ == "pobj" and phrase.head.lower_ in _PLACE_PREPOSITIONS - {"to"}
+
+
+def _antecedent(relative_clause: Any) -> Any:
+    """The noun a relative clause's pronoun stands for. The parser attaches the clause to the
+    nearest noun, which after a place named inside a phrase is the place: in "Tobiah Renn, a
+    developer in Lisbon, who started it" and "a grant from a foundation in the Netherlands,
+    which paid for an audit", neither Lisbon nor the Netherlands did it; the noun the place's
+    phrase describes did, and where that noun is an apposition, the name it describes."""
+    head = relative_clause.head
+    preposition = head.head
+    place = _name_of(head)
+    if (
+        head.dep_ == "pobj"
+        and place is not None
+        and place.label_ in _PLACES
+        and preposition.lower_ in _PLACE_PREPOSITIONS
+        and preposition.head.pos_ in ("NOUN", "PROPN")
+    ):
+        head = preposition.head
+        if _is_apposition(head) and _name_of(head.head) is not None:
+            head = head.head
+    return head
+
+
+def _names_a_person(entity: Any) -> bool:
+    """Whether a name is a person's: what the parser calls a person, unless "the" comes before
+    it ("the Ostrander Atlas" is a thing named after one: not "Who was published in 1968?")."""
+    doc = entity.doc
+    before = doc[entity.start - 1].lower_ if entity.start > 0 else ""
+    return entity.label_ == "PERSON" and "the" not in (doc[entity.start].lower_, before)
 
 
 def _name_of(token: Any) -> Any | None:
@@ -497,7 +527,7 @@ class _Reader:
         # A thing's role is asked as what it is ("His first loaf, a dark rye he called Anchor":
         # what was his first loaf? A dark rye), so only a person is asked for by a role.
         if (
-            entity.label_ != "PERSON"
+            not _names_a_person(entity)
             or role.pos_ != "NOUN"
             or not any(c.dep_ == "poss" for c in role.children)
         ):
@@ -517,7 +547,7 @@ class _Reader:
         self, entity: Any, noun: Any, verb: str, skip: frozenset[int] = frozenset()
     ) -> list[_Fact]:
         """'Tomas Reyd, a local boatbuilder': who was Tomas Reyd? A local boatbuilder."""
-        wh = "Who" if entity.label_ == "PERSON" else "What"
+        wh = "Who" if _names_a_person(entity) else "What"
         named = frozenset(range(entity.start, entity.end))
         return self._description_of(entity.text, wh, noun, verb, skip | named)
 
@@ -584,8 +614,9 @@ class _Reader:
             # says is about the noun outside it, which no question of the clause would name
             # ("a dark green the company calls Fjord": `_naming` asks what the green is called).
             return []
-        head_name = _name_of(verb.head)
-        person = head_name is not None and head_name.label_ == "PERSON"
+        antecedent = _antecedent(verb) if relative else subject
+        head_name = _name_of(antecedent)
+        person = head_name is not None and _names_a_person(head_name)
         if relative and person != (subject.lower_ == "who") and subject.lower_ != "that":
             return []  # "who" after a thing, "which" after a person: the parser's guess is off
         if any(_finite_clause(c) for c in verb.children if c.dep_ == "ccomp") and not any(
@@ -594,7 +625,7 @@ class _Reader:
             # "The director says the museum hopes to ...": the saying is no fact without what
             # is said, which is a clause of its own ("Who says?").
             return []
-        said = self.phrase(verb.head) if relative else self.phrase(subject)
+        said = self.phrase(antecedent)
         if said is None:
             return []
         # "was baked once a week and eaten with smoked fish": the second participle shares
@@ -610,7 +641,7 @@ class _Reader:
         ]
         # "The sisters handed the business to their employees": within its clause, "their"
         # stands for a plural subject, and the question keeps it beside the subject's phrase.
-        plural = (verb.head if relative else subject).tag_ in ("NNS", "NNPS")
+        plural = antecedent.tag_ in ("NNS", "NNPS")
         bound = _BOUND_BY_PLURAL if plural else frozenset()
         body = _clause_body(verb, subject)
         return self._facts(verb, subject, said, auxiliaries, body, bound)
@@ -743,7 +774,7 @@ class _Reader:
             if in_subject:  # its pronouns ("his workshop") stay
                 parts, referent, replaced = [(subject.left_edge.i, wh)], span.text, set()
             else:
-                referent = self.phrase(verb.head if relative else subject) or ""
+                referent = self.phrase(_antecedent(verb) if relative else subject) or ""
                 parts = [(subject.left_edge.i, referent)]
             tokens = sorted([*_auxiliaries(verb), *_clause_body(verb, subject)], key=lambda t: t.i)
         relative_object = any(t.tag_ in ("WDT", "WP") and t.dep_ != "nsubj" for t in tokens)
@@ -888,7 +919,7 @@ def _answers(
     if subject is not None and (subject_entity is None or subject_entity.root != subject):
         subject_entity = _named_apposition(subject)
     if subject_entity is not None and subject_entity.label_ in _NAMED_ENTITIES and body:
-        wh = "Who" if subject_entity.label_ == "PERSON" else "What"
+        wh = "Who" if _names_a_person(subject_entity) else "What"
         yield subject_entity.text, f"@subject {wh}", None, set(), None
     counted = None if subject is None else _subject_count(subject)
     if counted is not None and body:
@@ -1072,7 +1103,7 @@ def _entity_question(
     if root.dep_ == "pobj" and root.head.dep_ == "agent" and root.head.head == verb:
         # "was founded by Lena Holt": who founded it? (a company makes things as a person does)
         return entity.text, "Who", None, {t.i for t in root.head.subtree}, root.head.text
-    wh = "Who" if label == "PERSON" else "What"
+    wh = "Who" if _names_a_person(entity) else "What"
     if root.dep_ in ("dobj", "attr", "oprd", "dative") and root.head == verb:
         return entity.text, wh, None, {t.i for t in root.subtree}, None
     if root.dep_ == "pobj" and root.head.dep_ in ("prep", "agent") and root.head.head == verb:
@@ -1238,7 +1269,7 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
         # "down the river Ember": down which river? Whatever the pipeline took the name for.
         words, introducing = kind
         return f"which {words}", replaced | introducing
-    if label == "PERSON":
+    if _names_a_person(span):
         return "who", replaced
     if label in _PLACES:
         preposition = root.head if root.dep_ == "pobj" else None
