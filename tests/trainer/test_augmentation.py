@@ -394,6 +394,17 @@ def test_rules_read_a_relative_clause_after_a_place_as_said_of_what_the_place_is
     assert [q for q, a in asked if a == "2004" and "Mara Velt" in (q or "")]
 
 
+def test_rules_ask_who_a_subject_is_that_a_copula_names() -> None:
+    items, asked = _questions(
+        "The warden of the Holm reserve was a botanist called Edda Lunn. It had always closed "
+        "in March. The best seller of the shop is a cheese called Greyveld."
+    )
+    assert ("Who was the warden of the Holm reserve?", "Edda Lunn") in asked
+    assert ("What is the best seller of the shop?", "Greyveld") in asked
+    # The warden is a person: "it" is not her.
+    assert not [i for i in items if "warden" in (i.question or "") and i.answer == "March"]
+
+
 def test_rules_ask_what_of_a_thing_named_after_a_person() -> None:
     _, asked = _questions(
         "Jonas Arke drew maps of the northern islands. The Arke Atlas was printed in 1970 and "

@@ -167,14 +167,16 @@ class _Referents:
             return True
         return _names_a_person(entity) and not _is_place(entity)
 
-    def note(self, entity: Any, description: Any | None = None) -> None:
+    def note(self, entity: Any, description: Any | None = None, thing: bool = True) -> None:
+        """`thing`: whether "it" may stand for the entity (no person the text described as one)."""
         name = entity.text
         if self.is_person(entity):
             self.person = name
         # "It" is taken to mean the text's first subject, what an article is about: the small
         # pipeline often calls a company or a place a person, and a later subject is as often
         # a part of the topic as a new one.
-        self.thing = self.thing or name
+        if thing:
+            self.thing = self.thing or name
         for noun in (description, entity.root):
             if noun is not None and noun.pos_ in ("NOUN", "PROPN") and noun.lemma_.isalpha():
                 self.descriptions[noun.lemma_.lower()] = name
@@ -454,10 +456,14 @@ class _Reader:
             if token.dep_ not in ("nsubj", "nsubjpass"):
                 continue
             entity = _name_of(token) or _proper_phrase(token)
-            if entity is None and (named := _named_apposition(token)) is not None:
-                # "Her successor, Dr. Amaru Feld, grew up": the name is who the subject is, and
-                # what "the successor" means from here on.
-                self.referents.note(named, token)
+            named = _named_apposition(token)
+            if named is None and (attribute := _named_attribute(token)) is not None:
+                named = _named_apposition(attribute)
+            if entity is None and named is not None:
+                # "Her successor, Dr. Amaru Feld, grew up", "The keeper was a widower called
+                # Anselm Brede": the name is who the subject is, and what "the successor" and
+                # "the keeper" mean from here on (not something "it" may stand for).
+                self.referents.note(named, token, thing=not self.referents.is_person(named))
                 continue
             if entity is None and self.referents.thing is None:
                 entity = _defined_phrase(token)
@@ -921,6 +927,12 @@ def _answers(
     if subject_entity is not None and subject_entity.label_ in _NAMED_ENTITIES and body:
         wh = "Who" if _names_a_person(subject_entity) else "What"
         yield subject_entity.text, f"@subject {wh}", None, set(), None
+    attribute = None if subject is None else _named_attribute(subject)
+    named = None if attribute is None else _named_apposition(attribute)
+    if named is not None and subject_entity is None:
+        # "The keeper of the light was a widower called Anselm Brede": who was the keeper?
+        wh = "Who" if _names_a_person(named) else "What"
+        yield named.text, wh, None, {t.i for t in attribute.subtree}, None
     counted = None if subject is None else _subject_count(subject)
     if counted is not None and body:
         yield counted
@@ -1332,6 +1344,18 @@ def _proper_phrase(token: Any) -> Any | None:
     if token.pos_ != "PROPN" or token.ent_type_:
         return None
     return _phrase_ending_at(token, ("compound", "det"))
+
+
+def _named_attribute(subject: Any) -> Any | None:
+    """The complement that names what a subject is: 'a widower called Anselm Brede' in "The
+    keeper of the light was a widower called Anselm Brede"."""
+    verb = subject.head
+    if subject.dep_ != "nsubj" or verb.lemma_ != "be":
+        return None
+    attribute = next((c for c in verb.children if c.dep_ == "attr" and c.pos_ == "NOUN"), None)
+    if attribute is None or _named_apposition(attribute) is None:
+        return None
+    return attribute
 
 
 def _defined_phrase(token: Any) -> Any | None:
