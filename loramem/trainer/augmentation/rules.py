@@ -114,6 +114,15 @@ _CALENDAR_NAMES = re.compile(
 _RELATIVE_TIME = re.compile(r"\b(later|ago|earlier|before|after)\b")
 _AGE = re.compile(r"(?:the )?age of (?P<years>[\w-]+)", re.IGNORECASE)
 _UNIT_WORDS = re.compile(r"^(years?|months?|weeks?|days?|hours?|minutes?|seconds?|nights?)$")
+# What an amount of a thing is measured in ("400 grams of flour", "a pinch of salt"), against
+# what counts kinds or groups of it ("74 species of moth", "a colony of slow-worms").
+_MEASURES = re.compile(
+    r"^((kilo|centi|milli)?(grams?|litres?|liters?|metres?|meters?)|kg|g|ml|l|cm|mm|km|"
+    r"ounces?|oz|pounds?|lbs?|pints?|quarts?|gallons?|cups?|mugs?|glass(es)?|bottles?|cans?|"
+    r"jars?|bags?|sacks?|boxes|tins?|packets?|(table|tea|dessert)?spoons?|spoonfuls?|"
+    r"tablespoonfuls?|teaspoonfuls?|pinch(es)?|handfuls?|dash(es)?|drops?|slices?|"
+    r"cloves?|sticks?|sheets?|rolls?|tonnes?|tons?|acres?|hectares?)$"
+)
 # "the eleventh night", "the 3rd week": a point in time, not a length of it.
 _ORDINAL = re.compile(r"\d+(st|nd|rd|th)|first|second|third|\w+th")
 
@@ -493,7 +502,13 @@ class _Reader:
         verb = "was" if _past(token.sent) else "is"
         entity, described_entity = _name_of(named), _name_of(described)
         role = self._role(entity, described, verb) if entity is not None else []
-        if described_entity is not None and entity is None and named.pos_ == "NOUN":
+        if (
+            described_entity is not None
+            and described_entity.label_ in _NAMED_ENTITIES
+            and entity is None
+            and named.pos_ == "NOUN"
+        ):
+            # Not "300 grams, 2 litres of stock": the items of a list of amounts.
             return self._entity_described(described_entity, named, verb)
         if entity is None and described_entity is None and token.dep_ == "appos":
             return self._noun_described(described, named, verb)
@@ -631,7 +646,8 @@ class _Reader:
             # "The director says the museum hopes to ...": the saying is no fact without what
             # is said, which is a clause of its own ("Who says?").
             return []
-        said = self.phrase(antecedent)
+        # "You will need 400 grams of flour": the reader, as in an instruction.
+        said = "you" if subject.lower_ == "you" else self.phrase(antecedent)
         if said is None:
             return []
         # "was baked once a week and eaten with smoked fish": the second participle shares
@@ -929,14 +945,18 @@ def _answers(
         yield subject_entity.text, f"@subject {wh}", None, set(), None
     attribute = None if subject is None else _named_attribute(subject)
     named = None if attribute is None else _named_apposition(attribute)
-    if named is not None and subject_entity is None:
+    if attribute is not None and named is not None and subject_entity is None:
         # "The keeper of the light was a widower called Anselm Brede": who was the keeper?
         wh = "Who" if _names_a_person(named) else "What"
         yield named.text, wh, None, {t.i for t in attribute.subtree}, None
     counted = None if subject is None else _subject_count(subject)
     if counted is not None and body:
         yield counted
+    reader = subject is not None and subject.lower_ == "you"
     seen: set[int] = set()
+    for amount in _amounts(verb, in_body):
+        seen.update(amount[3])
+        yield amount
     asked_where: set[int] = set()
     for entity in verb.doc.ents:
         if entity.start not in in_body or entity.start in seen:
@@ -950,6 +970,10 @@ def _answers(
     for child in verb.children:
         if (
             child.dep_ in ("dobj", "attr")
+            and child.i not in seen  # a list of amounts, each asked above
+            # "What will you need?" is answered by the whole list of a recipe or a kit, not by
+            # its first item (each item is asked where it stands).
+            and not (reader and any(c.dep_ == "conj" for c in child.children))
             and child.pos_ == "NOUN"
             and not _name_of(child)
             and not (child.dep_ == "attr" and (subject is None or _name_of(subject) is None))
@@ -1375,6 +1399,43 @@ def _phrase_ending_at(token: Any, deps: tuple[str, ...]) -> Any:
     """`token` with the words of `deps` before it."""
     start = min((c.i for c in token.children if c.dep_ in deps and c.i < token.i), default=token.i)
     return token.doc[start : token.i + 1]
+
+
+def _amounts(
+    verb: Any, in_body: set[int]
+) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+    """'You will need 400 grams of dark rye flour, 100 grams of white flour and a teaspoon of
+    caraway seeds': how much dark rye flour will you need? Each amount of a thing that an
+    object, or an item of a list of objects, gives in a measure (not '74 species of moth') is
+    asked by the thing it measures: "how much will you need?" asks nothing, and the whole list
+    is no answer."""
+    first = _object_of(verb)
+    if first is None or first.i not in in_body:
+        return
+    items, stack = [], [first]
+    while stack:
+        item = stack.pop()
+        items.append(item)
+        stack.extend(c for c in item.children if c.dep_ in ("conj", "appos"))
+    removed = {t.i for t in first.subtree}
+    for item in sorted(items, key=lambda t: t.i):
+        of = next((c for c in item.children if c.dep_ == "prep" and c.lower_ == "of"), None)
+        thing = None if of is None else next((c for c in of.children if c.dep_ == "pobj"), None)
+        counted = any(c.dep_ in ("nummod", "det") for c in item.children)
+        if of is None or thing is None or not counted or not _MEASURES.match(item.lower_):
+            continue
+        phrase = [t for t in thing.subtree if not _inside_dropped(t, thing)]
+        if any(t.like_num or t.pos_ == "PRON" for t in phrase):
+            continue
+        many = "many" if thing.tag_ in ("NNS", "NNPS") else "much"
+        # "about nine litres an hour": the amount with what qualifies it, without its thing.
+        of_thing = {t.i for t in of.subtree}
+        amount = [
+            t
+            for t in item.subtree
+            if t.i not in of_thing and not _inside(t, item, ("conj", "cc", "appos", "relcl", "acl"))
+        ]
+        yield _words(amount), f"How {many} {_words(phrase)}", None, removed, None
 
 
 def _object_of(verb: Any) -> Any | None:
