@@ -417,6 +417,16 @@ def test_rules_ask_each_amount_of_a_list_by_the_thing_it_measures() -> None:
     assert not [q for q, _ in asked if (q or "").startswith("How many old recipes")]
 
 
+def test_rules_ask_a_persons_age_as_an_age() -> None:
+    _, asked = _questions(
+        "Tomas Berg was a carpenter. He was 34 when he built the bridge. The crew was twelve. "
+        "Mira Holt was a baker's daughter. She was eleven the winter the mill closed."
+    )
+    assert ("How old was Tomas Berg?", "34") in asked
+    assert ("How old was Mira Holt?", "eleven") in asked
+    assert not [q for q, _ in asked if "old was the crew" in (q or "")]
+
+
 def test_rules_ask_what_of_a_thing_named_after_a_person() -> None:
     _, asked = _questions(
         "Jonas Arke drew maps of the northern islands. The Arke Atlas was printed in 1970 and "

@@ -949,6 +949,12 @@ def _answers(
         # "The keeper of the light was a widower called Anselm Brede": who was the keeper?
         wh = "Who" if _names_a_person(named) else "What"
         yield named.text, wh, None, {t.i for t in attribute.subtree}, None
+    age = next((c for c in verb.children if _an_age(c, subject)), None)
+    if age is not None:
+        # "She was eleven the winter the boat stopped coming": how old was she? (The time
+        # phrase goes with the clause that was its end.)
+        when = {t.i for c in verb.children if c.dep_ == "npadvmod" for t in c.subtree}
+        yield age.text, "How old", None, {age.i} | when, None
     counted = None if subject is None else _subject_count(subject)
     if counted is not None and body:
         yield counted
@@ -1368,6 +1374,21 @@ def _proper_phrase(token: Any) -> Any | None:
     if token.pos_ != "PROPN" or token.ent_type_:
         return None
     return _phrase_ending_at(token, ("compound", "det"))
+
+
+def _an_age(complement: Any, subject: Any | None) -> bool:
+    """Whether a copula's complement is a person's age: a bare number said of "he", "she" or a
+    person's name ("She was eleven", not "The crew was twelve" nor "It is 40 metres")."""
+    if subject is None or complement.dep_ != "attr" or complement.head.lemma_ != "be":
+        return False
+    name = _name_of(subject)
+    person = subject.lower_ in ("he", "she") or (name is not None and _names_a_person(name))
+    return (
+        person
+        and _cardinal(complement)
+        and complement.pos_ == "NUM"
+        and not any(complement.children)
+    )
 
 
 def _named_attribute(subject: Any) -> Any | None:
