@@ -466,8 +466,8 @@ class _Reader:
                 continue
             entity = _name_of(token) or _proper_phrase(token)
             named = _named_apposition(token)
-            if named is None and (attribute := _named_attribute(token)) is not None:
-                named = _named_apposition(attribute)
+            if named is None and (attributed := _named_attribute(token)) is not None:
+                named = attributed[1]
             if entity is None and named is not None:
                 # "Her successor, Dr. Amaru Feld, grew up", "The keeper was a widower called
                 # Anselm Brede": the name is who the subject is, and what "the successor" and
@@ -943,16 +943,16 @@ def _answers(
     if subject_entity is not None and subject_entity.label_ in _NAMED_ENTITIES and body:
         wh = "Who" if _names_a_person(subject_entity) else "What"
         yield subject_entity.text, f"@subject {wh}", None, set(), None
-    attribute = None if subject is None else _named_attribute(subject)
-    named = None if attribute is None else _named_apposition(attribute)
-    if attribute is not None and named is not None and subject_entity is None:
+    attributed = None if subject is None else _named_attribute(subject)
+    if attributed is not None and subject_entity is None:
         # "The keeper of the light was a widower called Anselm Brede": who was the keeper?
+        attribute, named = attributed
         wh = "Who" if _names_a_person(named) else "What"
         yield named.text, wh, None, {t.i for t in attribute.subtree}, None
     age = next((c for c in verb.children if _an_age(c, subject)), None)
     if age is not None:
-        # "She was eleven the winter the boat stopped coming": how old was she? (The time
-        # phrase goes with the clause that was its end.)
+        # "She was eleven the winter the boat stopped coming": how old was she? Without the
+        # time phrase, which the parser cuts from its own clause ("the winter").
         when = {t.i for c in verb.children if c.dep_ == "npadvmod" for t in c.subtree}
         yield age.text, "How old", None, {age.i} | when, None
     counted = None if subject is None else _subject_count(subject)
@@ -1391,16 +1391,15 @@ def _an_age(complement: Any, subject: Any | None) -> bool:
     )
 
 
-def _named_attribute(subject: Any) -> Any | None:
-    """The complement that names what a subject is: 'a widower called Anselm Brede' in "The
-    keeper of the light was a widower called Anselm Brede"."""
+def _named_attribute(subject: Any) -> tuple[Any, Any] | None:
+    """The complement that names what a subject is, and the name: 'a widower called Anselm
+    Brede' and 'Anselm Brede' in "The keeper of the light was a widower called Anselm Brede"."""
     verb = subject.head
     if subject.dep_ != "nsubj" or verb.lemma_ != "be":
         return None
     attribute = next((c for c in verb.children if c.dep_ == "attr" and c.pos_ == "NOUN"), None)
-    if attribute is None or _named_apposition(attribute) is None:
-        return None
-    return attribute
+    named = None if attribute is None else _named_apposition(attribute)
+    return None if named is None else (attribute, named)
 
 
 def _defined_phrase(token: Any) -> Any | None:
