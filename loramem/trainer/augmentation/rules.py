@@ -176,15 +176,16 @@ class _Referents:
             return True
         return _names_a_person(entity) and not _is_place(entity)
 
-    def note(self, entity: Any, description: Any | None = None, thing: bool = True) -> None:
-        """`thing`: whether "it" may stand for the entity (no person the text described as one)."""
+    def note(self, entity: Any, description: Any | None = None, may_be_it: bool = True) -> None:
+        """`may_be_it`: whether "it" may stand for the entity (no person the text described as
+        one)."""
         name = entity.text
         if self.is_person(entity):
             self.person = name
         # "It" is taken to mean the text's first subject, what an article is about: the small
         # pipeline often calls a company or a place a person, and a later subject is as often
         # a part of the topic as a new one.
-        if thing:
+        if may_be_it:
             self.thing = self.thing or name
         for noun in (description, entity.root):
             if noun is not None and noun.pos_ in ("NOUN", "PROPN") and noun.lemma_.isalpha():
@@ -472,7 +473,7 @@ class _Reader:
                 # "Her successor, Dr. Amaru Feld, grew up", "The keeper was a widower called
                 # Anselm Brede": the name is who the subject is, and what "the successor" and
                 # "the keeper" mean from here on (not something "it" may stand for).
-                self.referents.note(named, token, thing=not self.referents.is_person(named))
+                self.referents.note(named, token, may_be_it=not self.referents.is_person(named))
                 continue
             if entity is None and self.referents.thing is None:
                 entity = _defined_phrase(token)
@@ -931,11 +932,13 @@ class _Reader:
         return text[0].upper() + text[1:]
 
 
-def _answers(
-    verb: Any, subject: Any | None, body: list[Any]
-) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
-    """(answer, wh-word, another wh-word, tokens the question leaves out, preposition left at its
-    end) for each thing the clause states."""
+# What a clause is asked for one thing it states: (answer, wh-word, another wh-word, tokens the
+# question leaves out, preposition left at its end).
+_Asked = tuple[str, str, str | None, set[int], str | None]
+
+
+def _answers(verb: Any, subject: Any | None, body: list[Any]) -> Iterable[_Asked]:
+    """One `_Asked` for each thing the clause states."""
     in_body = {t.i for t in body}
     subject_entity = None if subject is None else _name_of(subject)
     if subject is not None and (subject_entity is None or subject_entity.root != subject):
@@ -960,9 +963,9 @@ def _answers(
         yield counted
     reader = subject is not None and subject.lower_ == "you"
     seen: set[int] = set()
-    for amount in _amounts(verb, in_body):
-        seen.update(amount[3])
-        yield amount
+    for answer, wh, alternative, removed, stranded in _amounts(verb, in_body):
+        seen.update(removed)
+        yield answer, wh, alternative, removed, stranded
     asked_where: set[int] = set()
     for entity in verb.doc.ents:
         if entity.start not in in_body or entity.start in seen:
@@ -997,9 +1000,7 @@ def _answers(
     yield from _prepositional_objects(verb, seen)
 
 
-def _place_phrases(
-    verb: Any, in_body: set[int], asked_where: set[int]
-) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+def _place_phrases(verb: Any, in_body: set[int], asked_where: set[int]) -> Iterable[_Asked]:
     """'moved to a former tram depot': where did the ovens move? 'studied at the university in
     Carrow': where did she study? After in / on / at, a common noun is as often a time or a
     state ('in the summer', 'at the age of nine') as a place, so it is asked "where" only when
@@ -1035,9 +1036,7 @@ def _names_a_place(phrase: list[Any]) -> bool:
     )
 
 
-def _prepositional_objects(
-    verb: Any, asked: set[int]
-) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+def _prepositional_objects(verb: Any, asked: set[int]) -> Iterable[_Asked]:
     """'is written in Rust', 'paid for a security audit': what is it written in? 'led by a brass
     band': what is it led by?"""
     for preposition in verb.children:
@@ -1073,9 +1072,7 @@ def _plain_agent(verb: Any, agent: Any) -> bool:
     )
 
 
-def _entity_question(
-    entity: Any, verb: Any, in_body: set[int]
-) -> tuple[str, str, str | None, set[int], str | None] | None:
+def _entity_question(entity: Any, verb: Any, in_body: set[int]) -> _Asked | None:
     label, root = entity.label_, entity.root
     if label == "ORDINAL" or entity[-1].pos_ == "ADP":
         return None  # ordinals ask nothing; "the age of" is the parser's slip
@@ -1170,7 +1167,7 @@ def _counted_unit(counted: Any, number_tokens: set[int]) -> tuple[str, list[Any]
     return unit, phrase
 
 
-def _subject_count(subject: Any) -> tuple[str, str, str | None, set[int], str | None] | None:
+def _subject_count(subject: Any) -> _Asked | None:
     """'Forty-one people died': how many people died? 'Thousands of puffins return': how many
     puffins return? A subject that counts is asked with what it counts; one that also names whose
     ('her two brothers') or joins another noun is not."""
@@ -1421,9 +1418,7 @@ def _phrase_ending_at(token: Any, deps: tuple[str, ...]) -> Any:
     return token.doc[start : token.i + 1]
 
 
-def _amounts(
-    verb: Any, in_body: set[int]
-) -> Iterable[tuple[str, str, str | None, set[int], str | None]]:
+def _amounts(verb: Any, in_body: set[int]) -> Iterable[_Asked]:
     """'You will need 400 grams of dark rye flour, 100 grams of white flour and a teaspoon of
     caraway seeds': how much dark rye flour will you need? Each amount of a thing that an
     object, or an item of a list of objects, gives in a measure (not '74 species of moth') is
