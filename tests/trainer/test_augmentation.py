@@ -400,6 +400,13 @@ def test_rules_ask_who_a_subject_is_that_a_copula_names() -> None:
     assert ("What is the best seller of the shop?", "Greyveld") in asked
     # The warden is a person: "it" is not her, and nothing else here is "it".
     assert not [i for i in items if i.answer == "March"]
+    # Nor is she "it" by her first name alone.
+    _, asked = _questions(
+        "The warden of the Holm reserve was a botanist called Edda Lunn. Edda counted the terns "
+        "every spring. The ranger kept it in a drawer."
+    )
+    assert ("What did Edda count?", "the terns") in asked
+    assert not [question for question, _ in asked if "kept" in question]
 
 
 def test_rules_ask_each_amount_of_a_list_by_the_thing_it_measures() -> None:

@@ -24,6 +24,7 @@ from loramem.trainer.augmentation.checking import (
     CHOICE_GAIN_MARGIN,
     CHOICE_MARGIN,
     MAX_RIVALS,
+    asks_for,
     consistent,
 )
 from loramem.trainer.training_data import RecallProbe, TrainingSet
@@ -80,55 +81,85 @@ def test_a_question_is_kept_only_when_the_passage_answers_it() -> None:
     assert asked[0] == ("Kelda Looms was started in 1962 by two sisters.", started.question)
 
 
+# Two questions of each kind but one: the choice is among the answers of a question's kind.
+CHOICE_TEXT = (
+    "Kelda Looms was started in 1962 by two sisters. It moved in 1974 to an old granary beside "
+    "the river Lusk. It now employs forty-two people."
+)
+STARTED = _qa("When was Kelda Looms started?", "1962", "Kelda Looms was started in 1962")
+MOVED = _qa("When did Kelda Looms move?", "1974", "It moved in 1974 ...")
+GRANARY = _qa("What did Kelda Looms move to?", "an old granary", "It moved in 1974 ...")
+RIVER = _qa("Which river is the granary beside?", "the river Lusk", "It moved in 1974 ...")
+STAFF = _qa("How many people does Kelda Looms employ?", "forty-two", "It now employs ...")
+
+
 def test_a_question_answered_wrongly_passes_when_the_reader_chooses_its_answer() -> None:
-    started = _qa("When was Kelda Looms started?", "1962", TEXT.split(". ")[0] + ".")
-    staff = _qa("How many people does Kelda Looms employ?", "forty-two", "It now employs ...")
-    river = _qa("Which river is the granary beside?", "the river Lusk", "The firm moved ...")
-    again = _qa("Beside what is the granary?", "river Lusk", "The firm moved ...")
+    again = _qa("Beside what is the granary?", "river Lusk", "It moved in 1974 ...")
+    items = [STARTED, MOVED, GRANARY, RIVER, again, STAFF]
     _, read = _answering({})  # no free answer is right
     scored, score = _scoring(
         {
-            "When was Kelda Looms started?": [-1.5, -2.0, -3.0],  # ahead by 0.5
-            "How many people does Kelda Looms employ?": [-1.5, -1.7, -3.0],  # ahead by 0.2 only
-            "Which river is the granary beside?": [-5.0, -9.0, -9.0],  # ahead, but unlikely
+            "When was Kelda Looms started?": [-1.5, -2.0],  # ahead by 0.5
+            "When did Kelda Looms move?": [-1.7, -1.5],  # behind
+            "What did Kelda Looms move to?": [-1.5, -1.7],  # ahead by 0.2 only
+            "Which river is the granary beside?": [-5.0, -9.0],  # ahead, but unlikely
+            "How many people does Kelda Looms employ?": [-3.0],  # no rival, and likely
         }
     )
-    checked = check_items([started, staff, river, again], TEXT, read, score)  # type: ignore[arg-type]
-    assert checked[0].rejected is None
-    assert [c.rejected for c in checked[1:]] == [
-        "reading the passage, the base model answered 'I do not know.'"
-    ] * 3
-    # The rivals are the other answers asked about, nearest first; one that shares a word is none.
-    assert scored[0] == ("When was Kelda Looms started?", ["1962", "forty-two", "the river Lusk"])
-    assert scored[2][1] == ["the river Lusk", "forty-two", "1962"]
+    checked = check_items(items, CHOICE_TEXT, read, score)  # type: ignore[arg-type]
+    refused = "reading the passage, the base model answered 'I do not know.'"
+    assert [c.rejected for c in checked] == [None, refused, refused, refused, refused, None]
+    # The rivals are the other answers of the same kind, nearest first; one that shares a word
+    # is none. The only question of how many has no rival: its answer is kept if it is likely.
+    assert scored[0] == ("When was Kelda Looms started?", ["1962", "1974"])
+    assert scored[2] == ("What did Kelda Looms move to?", ["an old granary", "the river Lusk"])
+    assert scored[3] == ("Which river is the granary beside?", ["the river Lusk", "an old granary"])
+    assert scored[4] == ("Beside what is the granary?", ["river Lusk", "an old granary"])
+    assert scored[5] == ("How many people does Kelda Looms employ?", ["forty-two"])
+    _, unlikely = _scoring({"How many people does Kelda Looms employ?": [-5.0]})
+    assert check_items([STAFF], CHOICE_TEXT, read, unlikely)[0].rejected == refused  # type: ignore[arg-type]
+
+
+def test_a_question_asks_for_the_kind_its_question_word_names() -> None:
+    assert [
+        asks_for(question)
+        for question in (
+            "How old was Lise?",
+            "Do you know how many people the clinic employs?",
+            "The letter was how long?",
+            "In what year did Maranova retire?",
+            "When did the weather turn?",
+            "Who was the keeper of the Skerrow light?",
+            "Where does Quillmark run?",
+            "Which river is the granary beside?",
+            "What was the widower called?",
+        )
+    ] == ["amount", "amount", "amount", "time", "time", "person", "place", "thing", "thing"]
 
 
 def test_an_answer_of_rare_tokens_passes_when_reading_raised_it_most() -> None:
     """A likelihood favours common tokens (a year over a name); what reading the passage added
     to each answer does not."""
-    started = _qa("When was Kelda Looms started?", "1962", TEXT.split(". ")[0] + ".")
-    river = _qa("Which river is the granary beside?", "the river Lusk", "The firm moved ...")
-    staff = _qa("How many people does Kelda Looms employ?", "forty-two", "It now employs ...")
     _, read = _answering({})
     _, score = _scoring(
         likelihood={
-            "Which river is the granary beside?": [-6.0, -3.0, -4.0],  # behind by 3 nats
-            "How many people does Kelda Looms employ?": [-6.0, -3.0, -4.0],
+            "Which river is the granary beside?": [-6.0, -3.0],  # behind by 3 nats
+            "What did Kelda Looms move to?": [-6.0, -3.0],
         },
         blind={
-            "Which river is the granary beside?": [-12.0, -4.0, -5.0],  # raised 6, rivals 1
-            "How many people does Kelda Looms employ?": [-6.5, -4.0, -5.0],  # raised as much
+            "Which river is the granary beside?": [-12.0, -4.0],  # raised 6, its rival 1
+            "What did Kelda Looms move to?": [-6.5, -4.0],  # raised less than its rival
         },
     )
-    checked = check_items([started, river, staff], TEXT, read, score)  # type: ignore[arg-type]
+    checked = check_items([GRANARY, RIVER], CHOICE_TEXT, read, score)  # type: ignore[arg-type]
     assert checked[1].rejected is None
-    assert checked[2].rejected == "reading the passage, the base model answered 'I do not know.'"
+    assert checked[0].rejected == "reading the passage, the base model answered 'I do not know.'"
     # Raised most, but still as unlikely as a model that does not read finds any answer.
     _, unread = _scoring(
-        likelihood={"Which river is the granary beside?": [-11.0, -13.0, -14.0]},
-        blind={"Which river is the granary beside?": [-14.0, -12.0, -13.0]},
+        likelihood={"Which river is the granary beside?": [-11.0, -13.0]},
+        blind={"Which river is the granary beside?": [-14.0, -12.0]},
     )
-    assert check_items([started, river], TEXT, read, unread)[1].rejected  # type: ignore[arg-type]
+    assert check_items([GRANARY, RIVER], CHOICE_TEXT, read, unread)[1].rejected  # type: ignore[arg-type]
 
 
 def test_a_long_text_pits_each_answer_against_its_nearest_rivals_only() -> None:

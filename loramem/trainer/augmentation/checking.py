@@ -8,14 +8,19 @@ history, answered "When did Maranova retire?" with another sentence of the passa
 every question about the year. Where its free answer fails, the model is asked to choose
 instead: the item is kept if, reading the passage, it finds the item's answer likely, and
 likelier than any other answer asked about in the text by a margin, or if reading the passage
-raised the item's answer by a margin more than any other (a multiple-choice round trip). A
-rewrite or a summary is kept only when it keeps the names and numbers of what it restates and
-adds none. A rejected item is kept with its reason, for the dashboard, and used for nothing.
+raised the item's answer by a margin more than any other (a multiple-choice round trip). The
+other answers are those of the text's questions of the same kind (a number for "how old", a
+person for "who"): the choice a reader would be given. Among every kind of answer, a small
+model prefers a name it just read to a number, and lost "How old was Lise? -> eleven" to
+"Anselm Brede". A rewrite or a summary is kept only when it keeps the names and numbers of
+what it restates and adds none. A rejected item is kept with its reason, for the dashboard, and
+used for nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -155,9 +160,10 @@ def _chosen(
     score_answers: ScoreAnswers,
 ) -> set[int]:
     """The items among `undecided` whose answer the model, reading its passage, prefers to
-    each other answer of the text by the margin: finds it likely and likelier, or finds that
-    reading raised it more. Answers that share a content word with the item's ("eleven" for
-    "eleven years") are no rivals: choosing between them says nothing."""
+    each other answer of its kind in the text by the margin: finds it likely and likelier, or
+    finds that reading raised it more (with no rival, finds it likely, or reading raised it).
+    Answers that share a content word with the item's ("eleven" for "eleven years") are no
+    rivals: choosing between them says nothing."""
     candidates: dict[int, list[str]] = {}
     for index in undecided:
         own = checked[index].answer or ""
@@ -167,8 +173,7 @@ def _chosen(
             for answer in _nearest_answers(checked, asked, index)
             if not words.intersection(_content_words(answer))
         ]
-        if rivals:
-            candidates[index] = [own, *rivals]
+        candidates[index] = [own, *rivals]
     if not candidates:
         return set()
 
@@ -183,7 +188,8 @@ def _chosen(
     chosen = {
         index
         for index, scores in read.items()
-        if scores[0] >= CHOICE_FLOOR and scores[0] - max(scores[1:]) >= CHOICE_MARGIN
+        if scores[0] >= CHOICE_FLOOR
+        and scores[0] - max(scores[1:], default=-math.inf) >= CHOICE_MARGIN
     }
     scored = [index for index in scored if index not in chosen]
     if not scored:
@@ -193,24 +199,42 @@ def _chosen(
             with_passage - without for with_passage, without in zip(read[index], blind, strict=True)
         ]
         if read[index][0] >= CHOICE_GAIN_FLOOR and (
-            gains[0] - max(max(gains[1:]), 0.0) >= CHOICE_GAIN_MARGIN
+            gains[0] - max([*gains[1:], 0.0]) >= CHOICE_GAIN_MARGIN
         ):
             chosen.add(index)
     return chosen
 
 
 def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int) -> list[str]:
-    """The answers of the questions asked nearest to item `index` in the text (items come in the
-    order of its sentences), each once however it is worded ("the river Lusk", "river Lusk"),
-    at most `MAX_RIVALS` + 1 of them: a long document's every answer would make the choice cost
-    grow with the square of its length."""
+    """The answers of the questions of item `index`'s kind asked nearest to it in the text (items
+    come in the order of its sentences), each once however it is worded ("the river Lusk",
+    "river Lusk"), at most `MAX_RIVALS` + 1 of them: a long document's every answer would make
+    the choice cost grow with the square of its length."""
+    kind = asks_for(checked[index].question or "")
     distinct: dict[frozenset[str], str] = {}
-    for i in sorted(asked, key=lambda i: abs(i - index)):
+    alike = [i for i in asked if asks_for(checked[i].question or "") == kind]
+    for i in sorted(alike, key=lambda i: abs(i - index)):
         answer = checked[i].answer or ""
         distinct.setdefault(frozenset(_content_words(answer)), answer)
         if len(distinct) > MAX_RIVALS:
             break
     return list(distinct.values())
+
+
+# What a question asks for, by its question word; any other question asks for a thing. Where a
+# question holds two, the first decides ("Who was keeper when ...?").
+_ASKS_FOR = re.compile(
+    r"\b(?:(?P<amount>how (?:many|much|old|long|far|often|big|large|tall|high|heavy|fast)|"
+    r"(?:what|which) age)|(?P<time>when|(?:what|which) (?:year|month|day|date|time|century))|"
+    r"(?P<person>who|whom|whose)|(?P<place>where))\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for(question: str) -> str:
+    """The kind of answer a question asks for: amount, time, person, place or thing."""
+    match = _ASKS_FOR.search(question)
+    return (match.lastgroup if match else None) or "thing"
 
 
 def _repeated(

@@ -148,6 +148,9 @@ class _Referents:
     descriptions: dict[str, str] = field(default_factory=dict)
     # The names the parser tagged PERSON so far (not those where something is; see `is_person`).
     people: set[str] = field(default_factory=set)
+    # What "it" never stands for: a person the text described as one, by the whole name or by
+    # a word of it ("Anselm rationed the oil", after "a widower called Anselm Brede").
+    not_it: set[str] = field(default_factory=set)
 
     def pronoun(self, word: str) -> str | None:
         lower = word.lower()
@@ -185,7 +188,9 @@ class _Referents:
         # "It" is taken to mean the text's first subject, what an article is about: the small
         # pipeline often calls a company or a place a person, and a later subject is as often
         # a part of the topic as a new one.
-        if may_be_it:
+        if not may_be_it:
+            self.not_it.update((name, *name.split()))
+        elif name not in self.not_it:
             self.thing = self.thing or name
         for noun in (description, entity.root):
             if noun is not None and noun.pos_ in ("NOUN", "PROPN") and noun.lemma_.isalpha():
