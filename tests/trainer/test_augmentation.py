@@ -22,6 +22,7 @@ from loramem.trainer.augmentation import (
     recitals,
 )
 from loramem.trainer.augmentation.recital import recital_questions
+from loramem.trainer.augmentation.rules import as_written_inside
 from tests.helpers import free_port
 
 FACTS = (
@@ -89,12 +90,12 @@ def test_rules_ask_appositions_both_ways() -> None:
     )
     trained = _qa(RuleBasedGenerator().generate(text), False)
     assert {
-        ("Who founded The Orla Press?", "Hal Imre"),
+        ("Who founded the Orla Press?", "Hal Imre"),
         ("Who was Hal Imre?", "a printer from Dorsey"),
         ("What is the name of the small boat?", "Tansy"),
         ("What is Tansy?", "a small boat"),
         # "the press" is the Orla Press, named before.
-        ("What does The Orla Press keep on the canal?", "a small boat"),
+        ("What does the Orla Press keep on the canal?", "a small boat"),
     } <= trained
 
 
@@ -150,14 +151,14 @@ MUSEUM = (
 def test_rules_read_participles_and_the_roles_appositions_name() -> None:
     trained = _qa(RuleBasedGenerator().generate(BRIDGE), False)
     assert {
-        ("When was The Arden Bridge built?", "1890"),
-        ("Who was The Arden Bridge built by?", "Thomas Arden"),
-        ("Who was The Arden Bridge's designer?", "Clara Hoyt"),
+        ("When was the Arden Bridge built?", "1890"),
+        ("Who was the Arden Bridge built by?", "Thomas Arden"),
+        ("Who was the Arden Bridge's designer?", "Clara Hoyt"),
         ("Who was Clara Hoyt's successor?", "Jonas Weller"),
     } <= trained
     # A second participle shares the first one's auxiliary: "was opened ... and extended".
     museum = _qa(RuleBasedGenerator().generate(MUSEUM), False)
-    assert ("When was The Pellan Museum extended?", "1990") in museum
+    assert ("When was the Pellan Museum extended?", "1990") in museum
     assert ("What is the bike locked with?", "a key") in museum
 
 
@@ -238,11 +239,11 @@ def test_rules_ask_what_no_clause_question_reaches_where_it_stands() -> None:
     assert {
         ("The Vessa Kettle boils a full litre in how long?", "three and a half minutes"),
         # The text is about the kettle: what names nothing is asked with it.
-        ("About The Vessa Kettle: You will need how many filters?", "two"),
-        ("About The Vessa Kettle: You will need two filters and what?", "a descaling tablet"),
+        ("About the Vessa Kettle: You will need how many filters?", "two"),
+        ("About the Vessa Kettle: You will need two filters and what?", "a descaling tablet"),
     } <= echoes
     # The participle's clause ("made by Tarnfield Appliances") is asked as a clause is.
-    assert ("Who is The Vessa Kettle made by?", "Tarnfield Appliances") in echoes
+    assert ("Who is the Vessa Kettle made by?", "Tarnfield Appliances") in echoes
     answers = {i.answer for i in items}
     assert {"a flat steel plate", "a coil", "Oberlin"} <= answers
     # An echo is the only wording of its fact: trained, never a probe.
@@ -440,7 +441,7 @@ def test_rules_ask_what_of_a_thing_named_after_a_person() -> None:
         "covered ninety islands."
     )
     questions = {q or "" for q, _ in asked}
-    assert "When was The Arke Atlas printed?" in questions
+    assert "When was the Arke Atlas printed?" in questions
     assert ("What covered ninety islands?", "The Arke Atlas") in asked
     assert not [q for q in questions if q.startswith(("Who was printed", "Who covered"))]
 
@@ -714,3 +715,13 @@ def test_an_echo_is_not_written_where_a_left_out_list_moves_what_a_phrase_hangs_
     )
     assert ("What is the dark green called?", "Fjord") in asked
     assert not [q for q, _ in asked if "calls Fjord" in (q or "")]
+
+
+def test_rules_write_the_article_of_a_name_as_readers_write_it_inside_a_question() -> None:
+    text = "The Orla Press was founded in 1921. It later opened an office in The Hague."
+    asked = {q for q, _ in _qa(RuleBasedGenerator().generate(text), False)}
+    assert "When was the Orla Press founded?" in asked
+    assert not [question for question in asked if " The Orla" in question]
+    # Where the text writes a name's "The" in capitals inside a sentence, so do the questions.
+    assert as_written_inside("Who moved to The Hague?", text) == "Who moved to The Hague?"
+    assert as_written_inside("The Orla Press is where?", text) == "The Orla Press is where?"

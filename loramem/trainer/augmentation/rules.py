@@ -1753,7 +1753,7 @@ class RuleBasedGenerator(DataGenerator):
                 if fact.brief and fact.brief_question not in unambiguous:
                     fact = dataclasses.replace(fact, brief=None)
                 fact = dataclasses.replace(fact, topic=topic)
-                phrasings = fact.phrasings()
+                phrasings = [as_written_inside(q, text) for q in fact.phrasings()]
                 if any(_dangling(question) for question in phrasings):
                     continue
                 # An echo's one wording is trained; any other fact's last is its probe.
@@ -1775,8 +1775,22 @@ class RuleBasedGenerator(DataGenerator):
                         )
                     )
             if rewrite is not None:
+                rewrite = as_written_inside(rewrite, text)
                 items.append(GeneratedItem("rewrite", text=rewrite, source=source))
         return items
+
+
+def as_written_inside(sentence: str, text: str) -> str:
+    """The sentence with "The" of a name lower-cased inside it ("Who was the Pellworth Harbor
+    Clinic's founder?"), as readers write it and ask it (" the" and " The" are other tokens),
+    unless the text itself writes the name's "The" in capitals inside a sentence ("visited The
+    Hague")."""
+
+    def article(match: re.Match[str]) -> str:
+        capital_inside = re.search(rf"[a-z0-9,;] The {re.escape(match.group(1))}\b", text)
+        return match.group(0) if capital_inside else f" the {match.group(1)}"
+
+    return re.sub(r"(?<=\w) The ([A-Z][\w-]*)", article, sentence)
 
 
 def _topic(subject: str | None) -> str | None:
