@@ -725,3 +725,12 @@ def test_rules_write_the_article_of_a_name_as_readers_write_it_inside_a_question
     # Where the text writes a name's "The" in capitals inside a sentence, so do the questions.
     assert as_written_inside("Who moved to The Hague?", text) == "Who moved to The Hague?"
     assert as_written_inside("The Orla Press is where?", text) == "The Orla Press is where?"
+
+
+def test_rules_echo_a_place_with_its_article_as_where() -> None:
+    _, asked = _questions(
+        "Brightwell is a small charity. In 2023 Brightwell received a grant from a foundation in "
+        "the Netherlands, which paid for a new roof."
+    )
+    assert ("In 2023 Brightwell received a grant from a foundation where?", "Netherlands") in asked
+    assert not [question for question, _ in asked if "where the" in question]

@@ -1316,6 +1316,8 @@ def _echo_wh(span: Any) -> tuple[str, set[int]] | None:
     if _names_a_person(span):
         return "who", replaced
     if label in _PLACES:
+        # "in the Netherlands": where?, with its "the", which the name's span leaves out.
+        replaced |= {child.i for child in root.children if child.dep_ == "det"}
         preposition = root.head if root.dep_ == "pobj" else None
         if preposition is not None and preposition.lower_ in _PLACE_PREPOSITIONS:
             return "where", replaced | {preposition.i}
