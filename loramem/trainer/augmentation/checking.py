@@ -164,13 +164,15 @@ def _chosen(
     finds that reading raised it more (with no rival, finds it likely, or reading raised it).
     Answers that share a content word with the item's ("eleven" for "eleven years") are no
     rivals: choosing between them says nothing."""
+    kinds = {index: asks_for(checked[index].question or "") for index in asked}
     candidates: dict[int, list[str]] = {}
     for index in undecided:
         own = checked[index].answer or ""
         words = set(_content_words(own))
+        alike = [i for i in asked if kinds[i] == kinds[index]]
         rivals = [
             answer
-            for answer in _nearest_answers(checked, asked, index)
+            for answer in _nearest_answers(checked, alike, index)
             if not words.intersection(_content_words(answer))
         ]
         candidates[index] = [own, *rivals]
@@ -206,14 +208,12 @@ def _chosen(
 
 
 def _nearest_answers(checked: list[GeneratedItem], asked: list[int], index: int) -> list[str]:
-    """The answers of the questions of item `index`'s kind asked nearest to it in the text (items
-    come in the order of its sentences), each once however it is worded ("the river Lusk",
-    "river Lusk"), at most `MAX_RIVALS` + 1 of them: a long document's every answer would make
-    the choice cost grow with the square of its length."""
-    kind = asks_for(checked[index].question or "")
+    """The answers of the `asked` questions nearest to item `index` in the text (items come in
+    the order of its sentences), each once however it is worded ("the river Lusk", "river
+    Lusk"), at most `MAX_RIVALS` + 1 of them: a long document's every answer would make the
+    choice cost grow with the square of its length."""
     distinct: dict[frozenset[str], str] = {}
-    alike = [i for i in asked if asks_for(checked[i].question or "") == kind]
-    for i in sorted(alike, key=lambda i: abs(i - index)):
+    for i in sorted(asked, key=lambda i: abs(i - index)):
         answer = checked[i].answer or ""
         distinct.setdefault(frozenset(_content_words(answer)), answer)
         if len(distinct) > MAX_RIVALS:

@@ -1788,11 +1788,19 @@ def as_written_inside(sentence: str, text: str) -> str:
     unless the text itself writes the name's "The" in capitals inside a sentence ("visited The
     Hague")."""
 
+    capitals = _capital_articles(text)
+
     def article(match: re.Match[str]) -> str:
-        capital_inside = re.search(rf"[a-z0-9,;] The {re.escape(match.group(1))}\b", text)
-        return match.group(0) if capital_inside else f" the {match.group(1)}"
+        return match.group(0) if match.group(1) in capitals else f" the {match.group(1)}"
 
     return re.sub(r"(?<=\w) The ([A-Z][\w-]*)", article, sentence)
+
+
+@functools.lru_cache(maxsize=4)
+def _capital_articles(text: str) -> frozenset[str]:
+    """The words after each "The" the text writes in capitals inside a sentence ("in The
+    Hague": Hague): read once a text, not once a question."""
+    return frozenset(re.findall(r"[a-z0-9,;] The ([A-Z][\w-]*)", text))
 
 
 def _topic(subject: str | None) -> str | None:
